@@ -1,0 +1,1 @@
+"""Trainer: Hydra entry point and the PPO-family training loop."""

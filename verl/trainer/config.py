@@ -1,0 +1,288 @@
+"""Typed trainer configuration, validated once at start-up.
+
+Hydra composes YAML + overrides into a plain dict; `load_config` turns it into these dataclasses.
+Unknown keys, wrong types and cross-field violations (batch divisibility, lengths) fail here with a
+message that names the key and the fix, before any worker starts. Key names follow verl's
+(`data.train_batch_size`, `actor_rollout_ref.actor.optim.lr`, `algorithm.adv_estimator`, ...).
+The sections `search` and `reward` are plain dicts, owned and validated by the plugged components
+(the rollout and reward functions); the core never reads them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config value is missing, unknown, mistyped, or inconsistent with another."""
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=lambda: ["data/embedded/train.parquet"])
+    val_files: list[str] = field(default_factory=lambda: ["data/embedded/test.parquet"])
+    prompt_key: str = "prompt"
+    max_prompt_length: int = 512
+    max_response_length: int = 256  # total generated tokens per trajectory (all turns, incl. observations)
+    max_obs_length: int = 256  # per <information> block
+    train_batch_size: int = 8  # prompts per step (before rollout.n)
+    val_batch_size: int | None = None  # None: whole val set in one pass (every row is scored anyway)
+    val_max_samples: int | None = None  # cap the val rows (deterministic first-N), None: all
+    shuffle: bool = True
+    seed: int = 1
+    apply_chat_template: bool = True
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-6
+    lr_warmup_steps_ratio: float = 0.0
+    lr_warmup_steps: int = -1  # >= 0 overrides the ratio
+    warmup_style: str = "constant"  # constant | cosine
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    total_training_steps: int = -1  # filled from trainer.total_training_steps
+
+
+@dataclass
+class FSDPConfig:
+    param_offload: bool = False  # GPU only; ignored on CPU
+    optimizer_offload: bool = False
+    reshard_after_forward: bool = True
+
+
+@dataclass
+class ModelConfig:
+    path: str = "embedded"
+    enable_gradient_checkpointing: bool = False
+    use_remove_padding: bool = False  # accepted for verl compatibility; padding is handled by micro-batching
+    trust_remote_code: bool = False
+
+
+@dataclass
+class ActorConfig:
+    strategy: str = "fsdp2"
+    ppo_mini_batch_size: int = 8  # prompts per optimizer step (x rollout.n samples)
+    ppo_micro_batch_size_per_gpu: int = 4  # samples per forward/backward on one worker
+    ppo_epochs: int = 1
+    clip_ratio: float = 0.2
+    clip_ratio_low: float | None = None  # None -> clip_ratio
+    clip_ratio_high: float | None = None
+    clip_ratio_c: float = 3.0  # dual-clip bound
+    loss_agg_mode: str = "token-mean"
+    entropy_coeff: float = 0.0
+    use_kl_loss: bool = False
+    kl_loss_coef: float = 0.001
+    kl_loss_type: str = "low_var_kl"
+    grad_clip: float = 1.0
+    shuffle: bool = False
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
+
+
+@dataclass
+class ValKwargs:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = -1
+    n: int = 1
+    do_sample: bool = False
+
+
+@dataclass
+class RolloutConfig:
+    name: str = "vllm"  # vllm | hf
+    n: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    gpu_memory_utilization: float = 0.5
+    kv_cache_space_gb: float = 1.0  # CPU vLLM: VLLM_CPU_KVCACHE_SPACE
+    tensor_model_parallel_size: int = 1
+    enforce_eager: bool = True
+    log_prob_micro_batch_size_per_gpu: int = 8
+    max_num_seqs: int = 64
+    val_kwargs: ValKwargs = field(default_factory=ValKwargs)
+
+
+@dataclass
+class RefConfig:
+    log_prob_micro_batch_size_per_gpu: int = 8
+
+
+@dataclass
+class ActorRolloutRefConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+
+
+@dataclass
+class CriticConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
+    ppo_mini_batch_size: int | None = None  # None -> actor's
+    ppo_micro_batch_size_per_gpu: int = 4
+    ppo_epochs: int = 1
+    cliprange_value: float = 0.5
+    loss_agg_mode: str = "token-mean"
+    grad_clip: float = 1.0
+    fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
+
+
+@dataclass
+class KLCtrlConfig:
+    type: str = "fixed"  # fixed | adaptive
+    kl_coef: float = 0.001
+    target_kl: float = 0.1
+    horizon: int = 10000
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = "grpo"
+    gamma: float = 1.0
+    lam: float = 1.0
+    norm_adv_by_std_in_grpo: bool = True
+    use_kl_in_reward: bool = False
+    kl_penalty: str = "kl"
+    kl_ctrl: KLCtrlConfig = field(default_factory=KLCtrlConfig)
+
+
+@dataclass
+class ComponentConfig:
+    """A pluggable function named by import path `package.module:function`, built with `kwargs`."""
+
+    target: str = ""
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainerConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    n_gpus_per_node: int = 2  # workers per node (CPU: processes)
+    nnodes: int = 1
+    cpus_per_worker: float = 1.0  # Ray num_cpus per worker on CPU
+    threads_per_worker: int = 0  # torch threads per worker, 0: cores // workers
+    total_epochs: int = 1
+    total_training_steps: int = 2
+    project_name: str = "zerosearch"
+    experiment_name: str = "run"
+    logger: list[str] = field(default_factory=lambda: ["console", "jsonl"])
+    save_freq: int = -1
+    test_freq: int = -1
+    val_before_train: bool = False
+    val_only: bool = False
+    default_local_dir: str = "checkpoints/${trainer.project_name}/${trainer.experiment_name}"
+    resume_mode: str = "auto"  # auto | disable | resume_path
+    resume_from_path: str | None = None
+    max_actor_ckpt_to_keep: int | None = 2
+    log_val_generations: int = 4
+    seed: int = 1
+    balance_batch: bool = True
+    ray_address: str | None = None
+
+
+@dataclass
+class PPOConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    actor_rollout_ref: ActorRolloutRefConfig = field(default_factory=ActorRolloutRefConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    rollout_fn: ComponentConfig = field(default_factory=ComponentConfig)  # default: single-turn generation
+    reward_fn: ComponentConfig = field(default_factory=ComponentConfig)
+    dataset_check: ComponentConfig = field(default_factory=ComponentConfig)  # fn(df, source) raising on bad schema
+    # Sections owned by the plugged components (opaque to the core, validated by their owners):
+    search: dict = field(default_factory=dict)
+    reward: dict = field(default_factory=dict)
+
+    @property
+    def use_critic(self) -> bool:
+        return self.algorithm.adv_estimator == "gae"
+
+    @property
+    def use_ref(self) -> bool:
+        return self.actor_rollout_ref.actor.use_kl_loss or self.algorithm.use_kl_in_reward
+
+    @property
+    def world_size(self) -> int:
+        return self.trainer.n_gpus_per_node * self.trainer.nnodes
+
+
+# ---------------------------------------------------------------------------------------------
+# dict -> dataclass with key-naming errors
+
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check / coerce `value` to annotation `tp`; returns (ok, coerced)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return True, None
+        for a in args:
+            if a is type(None):
+                continue
+            ok, v = _type_ok(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if origin is list:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            if isinstance(value, str) and typing.get_args(tp) == (str,):
+                return True, [value]  # a single path for a list of files
+            return False, value
+        (inner,) = typing.get_args(tp) or (Any,)
+        out = []
+        for v in value:
+            ok, cv = _type_ok(v, inner)
+            if not ok:
+                return False, value
+            out.append(cv)
+        return True, out
+    if tp is Any or tp is dict or origin is dict:
+        return isinstance(value, dict) or tp is Any, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    return isinstance(value, tp), value
+
+
+def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
+    """Build dataclass `cls` from `data`; unknown keys and type mismatches raise ConfigError."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = prefix.rstrip(".") or "the top level"
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(prefix + u for u in unknown)} in {where}; "
+            f"valid keys there: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name in names & set(data):
+        tp, value, key = hints[name], data[name], prefix + name
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
+            kwargs[name] = from_dict(tp, value, key + ".")
+            continue
+        ok, coerced = _type_ok(value, tp)
+        if not ok:
+            raise ConfigError(f"{key} expects {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
+        kwargs[name] = coerced
+    return cls(**kwargs)

@@ -1,0 +1,1 @@
+"""PPO-family algorithms: pure tensor math (core_algos) and the Ray driver loop."""

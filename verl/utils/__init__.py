@@ -1,0 +1,1 @@
+"""Utilities of the RL core: datasets, tracking, checkpoints, timing, model paths."""

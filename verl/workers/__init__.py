@@ -1,0 +1,1 @@
+"""Workers: FSDP2 actor / reference / critic, and rollout engines (hf, vllm) behind one interface."""

@@ -1,0 +1,80 @@
+"""Invented, pronounceable, unique names for the embedded world.
+
+Names are built from syllables (onset + vowel + optional coda) so that they read like place or family
+names but belong to no real entity a pretrained model could have memorised. The alphabet deliberately
+leaves out the letters q, x, z and j: the prompt's one-shot demonstration uses names with those letters
+(see `zerosearch.data.prompts`), so no world entity can ever collide with the demo entity.
+
+A `NameRegistry` hands out names and remembers every standalone token it gave (full names, surnames,
+single-word names), so no two entities share a name and a person's surname alias names nobody else.
+A fixed-seed `random.Random` drives everything; nothing depends on hash order, so output is reproducible.
+"""
+
+from __future__ import annotations
+
+import random
+
+ONSETS = (
+    "b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w",
+    "br", "dr", "gr", "kr", "tr", "st", "th", "sh", "ch", "fl", "pl", "sl", "vr", "gl", "cl",
+)  # fmt: skip
+VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ae", "ei", "ou", "ia")
+CODAS = ("", "", "", "", "n", "r", "l", "s", "m", "th", "nd", "rn", "ld", "sk")
+PLACE_SUFFIXES = ("", "", "", "", "", "ford", "haven", "mere", "stead", "wick", "holm", "gard")
+FORBIDDEN_LETTERS = frozenset("qxzj")
+# A few syllable strings that would read as real words or real names; rejected if produced.
+_BLOCKLIST = frozenset({"paris", "rome", "london", "berlin", "moscow", "milan", "toronto", "sofia", "lima",
+                        "delhi", "malta", "china", "india", "peru", "cuba", "mali", "oslo", "bern", "riga",
+                        "vienna", "seoul", "tokyo", "dublin", "madrid", "monaco", "panama", "kenya", "nepal"})
+
+
+def syllable(rng: random.Random, first: bool) -> str:
+    """One syllable; non-initial syllables may start with a vowel to keep words flowing."""
+    onset = rng.choice(ONSETS) if first or rng.random() < 0.8 else ""
+    return onset + rng.choice(VOWELS) + rng.choice(CODAS)
+
+
+def word(rng: random.Random, min_syl: int = 2, max_syl: int = 3, suffixes: tuple[str, ...] = ("",)) -> str:
+    """A capitalised invented word of `min_syl`..`max_syl` syllables, optionally with a place suffix."""
+    n = rng.randint(min_syl, max_syl)
+    text = "".join(syllable(rng, i == 0) for i in range(n)) + rng.choice(suffixes)
+    return text[0].upper() + text[1:]
+
+
+class NameRegistry:
+    """Issues unique invented names; every standalone token it returns is remembered."""
+
+    def __init__(self, rng: random.Random, max_tries: int = 200) -> None:
+        self.rng = rng
+        self.max_tries = max_tries
+        self.taken: set[str] = set()
+        self.given: set[str] = set()  # given names may repeat among people but never equal another name
+
+    def _fresh(self, make) -> str:
+        for _ in range(self.max_tries):
+            candidate = make()
+            key = candidate.lower()
+            if key in self.taken or key in self.given or key in _BLOCKLIST or FORBIDDEN_LETTERS & set(key) or len(key) < 4:
+                continue
+            self.taken.add(key)
+            return candidate
+        raise RuntimeError(f"could not find a fresh name after {self.max_tries} tries; the world is too large "
+                           "for the syllable inventory (lower --entities)")
+
+    def single(self, min_syl: int = 2, max_syl: int = 3, place: bool = False) -> str:
+        """A one-word name (country, city, river, mountain, company stem, title word)."""
+        suffixes = PLACE_SUFFIXES if place else ("",)
+        return self._fresh(lambda: word(self.rng, min_syl, max_syl, suffixes))
+
+    def person(self) -> tuple[str, str]:
+        """(given name, surname); the surname is unique, the given name may repeat across people."""
+        given = word(self.rng, 2, 2)
+        for _ in range(self.max_tries):
+            if given.lower() not in self.taken and not FORBIDDEN_LETTERS & set(given.lower()):
+                break
+            given = word(self.rng, 2, 2)
+        self.given.add(given.lower())
+        surname = self._fresh(lambda: word(self.rng, 2, 3))
+        full = f"{given} {surname}"
+        self.taken.add(full.lower())
+        return given, surname
