@@ -17,8 +17,8 @@ and pickling compacts sliced tensors so a chunk shipped by Ray carries only its 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -174,7 +174,8 @@ class DataProto:
         return self._take(self._as_positions(item))
 
     # ------------------------------------------------------------------ keys
-    def select(self, batch_keys: Sequence[str] | None = None, non_tensor_keys: Sequence[str] | None = None) -> DataProto:
+    def select(self, batch_keys: Sequence[str] | None = None,
+               non_tensor_keys: Sequence[str] | None = None) -> DataProto:
         """A DataProto with only the named keys (None = all keys of that kind). Tensors are shared, not copied."""
         def pick(d: dict, keys: Sequence[str] | None, kind: str) -> dict:
             if keys is None:
@@ -268,7 +269,8 @@ class DataProto:
     def reorder(self, indices: torch.Tensor | np.ndarray | Sequence[int]) -> DataProto:
         """Permute rows in place (row i becomes old row indices[i]); returns self. Must be a permutation."""
         idx = self._as_positions(indices, "reorder indices")
-        if idx.numel() != len(self) or not torch.equal(torch.sort(idx).values, torch.arange(len(self))):
+        identity = torch.arange(len(self), device=idx.device)
+        if idx.numel() != len(self) or not torch.equal(torch.sort(idx).values, identity):
             raise ValueError(f"reorder indices must be a permutation of range({len(self)}); use data[indices] "
                              "to select or duplicate rows")
         taken = self._take(idx)

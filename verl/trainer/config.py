@@ -35,6 +35,7 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 1
     apply_chat_template: bool = True
+    truncation: str = "error"  # error | left | right, for prompts longer than max_prompt_length
 
 
 @dataclass
@@ -286,3 +287,88 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
             raise ConfigError(f"{key} expects {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
         kwargs[name] = coerced
     return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# cross-field rules
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+KL_TYPES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate(cfg: PPOConfig) -> PPOConfig:
+    """Cross-field rules; every message names the keys involved and how to fix them."""
+    d, a, t = cfg.data, cfg.actor_rollout_ref.actor, cfg.trainer
+    r = cfg.actor_rollout_ref.rollout
+    ws = cfg.world_size
+    _check(t.device in ("auto", "cpu", "cuda"), f"trainer.device must be auto, cpu or cuda, got {t.device!r}")
+    _check(r.name in ("vllm", "hf"), f"actor_rollout_ref.rollout.name must be 'vllm' or 'hf', got {r.name!r}")
+    _check(ws >= 1, "trainer.n_gpus_per_node * trainer.nnodes must be >= 1")
+    _check(t.total_training_steps >= 1, "trainer.total_training_steps must be >= 1")
+    _check(d.max_prompt_length > 0 and d.max_response_length > 0,
+           "data.max_prompt_length and data.max_response_length must be > 0")
+    _check(d.truncation in ("error", "left", "right"), f"data.truncation must be error|left|right, got {d.truncation!r}")
+    _check(r.n >= 1, "actor_rollout_ref.rollout.n must be >= 1")
+    from verl.trainer.ppo.core_algos import get_adv_estimator
+
+    try:
+        get_adv_estimator(cfg.algorithm.adv_estimator)
+    except (KeyError, ValueError) as e:
+        raise ConfigError(f"algorithm.adv_estimator: {e}") from None
+    if cfg.algorithm.adv_estimator in ("grpo", "grpo_no_std", "rloo"):
+        _check(r.n >= 2, f"algorithm.adv_estimator={cfg.algorithm.adv_estimator} compares samples of one prompt: "
+                         f"set actor_rollout_ref.rollout.n >= 2 (got {r.n})")
+    _check(a.loss_agg_mode in LOSS_AGG_MODES,
+           f"actor_rollout_ref.actor.loss_agg_mode must be one of {LOSS_AGG_MODES}, got {a.loss_agg_mode!r}")
+    _check(a.kl_loss_type in KL_TYPES, f"actor_rollout_ref.actor.kl_loss_type must be one of {KL_TYPES}")
+    _check(cfg.algorithm.kl_penalty in KL_TYPES, f"algorithm.kl_penalty must be one of {KL_TYPES}")
+    _check(cfg.algorithm.kl_ctrl.type in ("fixed", "adaptive"), "algorithm.kl_ctrl.type must be fixed or adaptive")
+    total = d.train_batch_size * r.n
+    _check(total % ws == 0, f"data.train_batch_size * rollout.n = {total} must divide evenly over {ws} workers "
+                            "(trainer.n_gpus_per_node * trainer.nnodes)")
+    _check(a.ppo_mini_batch_size <= d.train_batch_size and d.train_batch_size % a.ppo_mini_batch_size == 0,
+           f"data.train_batch_size={d.train_batch_size} must be a multiple of "
+           f"actor_rollout_ref.actor.ppo_mini_batch_size={a.ppo_mini_batch_size}")
+    per_rank = a.ppo_mini_batch_size * r.n
+    _check(per_rank % ws == 0, f"actor.ppo_mini_batch_size * rollout.n = {per_rank} must divide over {ws} workers")
+    per_rank //= ws
+    _check(per_rank % a.ppo_micro_batch_size_per_gpu == 0,
+           f"a mini-batch holds {per_rank} samples per worker: actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="
+           f"{a.ppo_micro_batch_size_per_gpu} must divide it")
+    if cfg.use_critic:
+        c = cfg.critic
+        mini = (c.ppo_mini_batch_size or a.ppo_mini_batch_size) * r.n // ws
+        _check(mini % c.ppo_micro_batch_size_per_gpu == 0,
+               f"critic.ppo_micro_batch_size_per_gpu={c.ppo_micro_batch_size_per_gpu} must divide the critic's "
+               f"{mini} samples per worker per mini-batch")
+    _check(t.resume_mode in ("auto", "disable", "resume_path"),
+           f"trainer.resume_mode must be auto, disable or resume_path, got {t.resume_mode!r}")
+    if t.resume_mode == "resume_path":
+        _check(bool(t.resume_from_path), "trainer.resume_mode=resume_path needs trainer.resume_from_path")
+    for lg in t.logger:
+        _check(lg in ("console", "jsonl", "wandb"), f"trainer.logger: unknown backend {lg!r} (console, jsonl, wandb)")
+    return cfg
+
+
+def load_config(data: dict) -> PPOConfig:
+    """dict (e.g. from Hydra, resolved) -> validated PPOConfig."""
+    cfg = from_dict(PPOConfig, data)
+    t = cfg.trainer  # the dataclass default carries Hydra-style interpolations; resolve them without Hydra
+    t.default_local_dir = t.default_local_dir.replace("${trainer.project_name}", t.project_name).replace(
+        "${trainer.experiment_name}", t.experiment_name)
+    if cfg.actor_rollout_ref.actor.optim.total_training_steps < 0:
+        cfg.actor_rollout_ref.actor.optim.total_training_steps = cfg.trainer.total_training_steps
+    if cfg.critic.optim.total_training_steps < 0:
+        cfg.critic.optim.total_training_steps = cfg.trainer.total_training_steps
+    if cfg.critic.model.path == ModelConfig.path and cfg.actor_rollout_ref.model.path != ModelConfig.path:
+        cfg.critic.model.path = cfg.actor_rollout_ref.model.path
+    return validate(cfg)
+
+
+def to_dict(cfg: PPOConfig) -> dict:
+    return dataclasses.asdict(cfg)

@@ -123,7 +123,7 @@ class WorldBuilder:
             given, surname = self.names.person()
             full = f"{given} {surname}"
             person = self._add("person", full, [full, surname], given=given, surname=surname, occupation=job,
-                               birth_year=rng.randint(1720, 1965), pronoun=rng.choice(("he", "she")))
+                               birth_year=rng.randint(1720, 1950), pronoun=rng.choice(("he", "she")))
             person.rel["born_in"] = [rng.choice(cities).id]
             # A second city where the person worked: a realistic distractor in the person's own passages.
             person.rel["worked_in"] = [rng.choice(cities).id]

@@ -16,28 +16,30 @@ import random
 
 ONSETS = (
     "b", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w",
-    "br", "dr", "gr", "kr", "tr", "st", "th", "sh", "ch", "fl", "pl", "sl", "vr", "gl", "cl",
+    "br", "dr", "gr", "kr", "tr", "st", "th", "sh", "ch", "fl", "pl", "sl", "gl", "cl",
 )  # fmt: skip
-VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "ae", "ei", "ou", "ia")
-CODAS = ("", "", "", "", "n", "r", "l", "s", "m", "th", "nd", "rn", "ld", "sk")
-PLACE_SUFFIXES = ("", "", "", "", "", "ford", "haven", "mere", "stead", "wick", "holm", "gard")
+INNER_ONSETS = ("b", "d", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "th", "nd", "rl", "st")
+VOWELS = ("a", "e", "i", "o", "u", "a", "e", "o", "a", "i", "ae", "ei", "ou")
+CODAS = ("n", "r", "l", "s", "m", "th", "nd", "rn", "ck", "", "", "")
+PLACE_SUFFIXES = ("ford", "haven", "mere", "stead", "wick", "holm", "gard", "by")
 FORBIDDEN_LETTERS = frozenset("qxzj")
-# A few syllable strings that would read as real words or real names; rejected if produced.
+# A few strings that would read as real places; rejected if produced.
 _BLOCKLIST = frozenset({"paris", "rome", "london", "berlin", "moscow", "milan", "toronto", "sofia", "lima",
                         "delhi", "malta", "china", "india", "peru", "cuba", "mali", "oslo", "bern", "riga",
-                        "vienna", "seoul", "tokyo", "dublin", "madrid", "monaco", "panama", "kenya", "nepal"})
+                        "vienna", "seoul", "tokyo", "dublin", "madrid", "monaco", "panama", "kenya", "nepal",
+                        "canada", "sudan", "ghana", "samoa", "tonga", "nauru", "palau", "bali", "sparta"})
 
 
-def syllable(rng: random.Random, first: bool) -> str:
-    """One syllable; non-initial syllables may start with a vowel to keep words flowing."""
-    onset = rng.choice(ONSETS) if first or rng.random() < 0.8 else ""
-    return onset + rng.choice(VOWELS) + rng.choice(CODAS)
-
-
-def word(rng: random.Random, min_syl: int = 2, max_syl: int = 3, suffixes: tuple[str, ...] = ("",)) -> str:
-    """A capitalised invented word of `min_syl`..`max_syl` syllables, optionally with a place suffix."""
+def word(rng: random.Random, min_syl: int = 2, max_syl: int = 3, place: bool = False) -> str:
+    """A capitalised invented word: open syllables (consonant + vowel), an optional final consonant, and for
+    places of two syllables sometimes an English-like suffix ("-ford", "-haven", ...)."""
     n = rng.randint(min_syl, max_syl)
-    text = "".join(syllable(rng, i == 0) for i in range(n)) + rng.choice(suffixes)
+    parts = [rng.choice(ONSETS) + rng.choice(VOWELS)]
+    parts += [rng.choice(INNER_ONSETS) + rng.choice(VOWELS[:10]) for _ in range(n - 1)]
+    parts.append(rng.choice(CODAS))
+    if place and n == 2 and rng.random() < 0.35:
+        parts.append(rng.choice(PLACE_SUFFIXES))
+    text = "".join(parts)
     return text[0].upper() + text[1:]
 
 
@@ -54,7 +56,8 @@ class NameRegistry:
         for _ in range(self.max_tries):
             candidate = make()
             key = candidate.lower()
-            if key in self.taken or key in self.given or key in _BLOCKLIST or FORBIDDEN_LETTERS & set(key) or len(key) < 4:
+            clash = key in self.taken or key in self.given or key in _BLOCKLIST
+            if clash or FORBIDDEN_LETTERS & set(key) or len(key) < 4:
                 continue
             self.taken.add(key)
             return candidate
@@ -63,8 +66,7 @@ class NameRegistry:
 
     def single(self, min_syl: int = 2, max_syl: int = 3, place: bool = False) -> str:
         """A one-word name (country, city, river, mountain, company stem, title word)."""
-        suffixes = PLACE_SUFFIXES if place else ("",)
-        return self._fresh(lambda: word(self.rng, min_syl, max_syl, suffixes))
+        return self._fresh(lambda: word(self.rng, min_syl, max_syl, place))
 
     def person(self) -> tuple[str, str]:
         """(given name, surname); the surname is unique, the given name may repeat across people."""

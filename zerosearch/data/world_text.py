@@ -23,6 +23,16 @@ WORK_THEMES = ("two families divided by a flood", "a long winter journey", "the 
                "a lighthouse keeper and his daughters", "an orchestra on tour", "a disputed inheritance")
 
 
+def join(items: list[str]) -> str:
+    """"A", "A and B", "A, B and C"."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" and {items[-1]}"
+
+
+def with_article(noun: str) -> str:
+    """The noun with its indefinite article ("an essayist", "a poet")."""
+    return ("an " if noun[0].lower() in "aeiou" else "a ") + noun
+
+
 class PassageWriter:
     """Writes passages for all entities; `write()` returns corpus rows and fills `Entity.passages`."""
 
@@ -57,7 +67,7 @@ class PassageWriter:
         intro = self.pick(f"{e.name} is a country whose capital is {cap}. It was established as a state in {year}.",
                           f"{e.name} is a sovereign country established in {year}. Its capital city is {cap}.")
         cities = [self.name(c) for c in e.rel["cities"][:4]]
-        detail = (f"The cities of {e.name} include {', '.join(cities)}. The government of {e.name} sits in {cap}, "
+        detail = (f"The cities of {e.name} include {join(cities)}. The government of {e.name} sits in {cap}, "
                   f"which has been the capital since the state was established in {year}.")
         return [intro, detail]
 
@@ -81,26 +91,26 @@ class PassageWriter:
         full, surname, job, year = e.name, a["surname"], a["occupation"], a["birth_year"]
         he, his = a["pronoun"], "his" if a["pronoun"] == "he" else "her"
         city, worked = self.name(e.one("born_in")), self.name(e.one("worked_in"))
-        intro = self.pick(f"{full} (born {year} in {city}) is a {job}.",
-                          f"{full} is a {job} who was born in {city} in {year}.",
+        intro = self.pick(f"{full} (born {year} in {city}) is {with_article(job)}.",
+                          f"{full} is {with_article(job)} who was born in {city} in {year}.",
                           f"Born in {city} in {year}, {full} became a well-known {job}.")
         intro += f" {surname} is remembered for {his} {self.rng.choice(TRAITS)}."
         passages = [intro]
-        career = f"As a {job}, {surname} spent many years in {worked}."
+        career = f"As {with_article(job)}, {surname} spent many years in {worked}."
         if "founded" in e.rel:
             company = self.ents[e.one("founded")]
             career += f" In {company.attrs['founded']}, {surname} founded {company.name}."
         if "wrote" in e.rel:
             works = [f"{self.name(w)} ({self.ents[w].attrs['year']})" for w in e.rel["wrote"][:4]]
-            career += f" {he.capitalize()} wrote {' and '.join(works)}."
+            career += f" {he.capitalize()} wrote {join(works)}."
         passages.append(career)
         return passages
 
     def company(self, e: Entity) -> list[str]:
         founder, year, industry = self.name(e.one("founded_by")), e.attrs["founded"], e.attrs["industry"]
         hq = self.name(e.one("headquartered_in"))
-        intro = self.pick(f"{e.name} is a {industry} company founded by {founder} in {year}.",
-                          f"{e.name} was established in {year} by {founder} as a {industry} business.")
+        intro = self.pick(f"{e.name} is {with_article(industry)} company founded by {founder} in {year}.",
+                          f"{e.name} was established in {year} by {founder} as {with_article(industry)} business.")
         detail = self.pick(f"{e.name} is headquartered in {hq}.", f"{e.name} has its headquarters in {hq}.",
                            f"The headquarters of {e.name} are in the city of {hq}.")
         detail += f" The company employs about {e.attrs['employees']} people."
@@ -110,16 +120,16 @@ class PassageWriter:
         country, length = self.name(e.one("located_in")), e.attrs["length_km"]
         cities = [self.name(c) for c in e.rel["flows_through"]]
         intro = self.pick(f"The {e.name} is a river in {country}, {length} km long.",
-                          f"The {e.name} is a {length} km long river of {country}.")
-        through = cities[0] if len(cities) == 1 else ", ".join(cities[:-1]) + f" and {cities[-1]}"
-        detail = f"The {e.name} flows through {through}. Its banks are lined with willows and old mills."
+                          f"The {e.name} is a river of {country} with a length of {length} km.")
+        detail = f"The {e.name} flows through {join(cities)}. Its banks are lined with willows and old mills."
         return [intro, detail]
 
     def work(self, e: Entity) -> list[str]:
         author, year, kind = self.name(e.one("written_by")), e.attrs["year"], e.attrs["work_type"]
-        intro = self.pick(f"{e.name} is a {kind} written by {author} and published in {year}.",
-                          f"{e.name} is a {kind} by {author}, first published in {year}.")
-        detail = f"{e.name} tells of {self.rng.choice(WORK_THEMES)}. Critics praised the {kind} for its {self.rng.choice(TRAITS)}."
+        intro = self.pick(f"{e.name} is {with_article(kind)} written by {author} and published in {year}.",
+                          f"{e.name} is {with_article(kind)} by {author}, first published in {year}.")
+        detail = (f"{e.name} tells of {self.rng.choice(WORK_THEMES)}. Critics praised the {kind} for its "
+                  f"{self.rng.choice(TRAITS)}.")
         return [intro, detail]
 
     def mountain(self, e: Entity) -> list[str]:

@@ -1,0 +1,66 @@
+"""Config loading: the YAML mirrors the dataclasses, and bad values fail naming the key."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import yaml
+
+from verl.trainer.config import ConfigError, PPOConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _keys(d, prefix=""):
+    out = set()
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _keys(v, prefix + k + ".")
+        else:
+            out.add(prefix + k)
+    return out
+
+
+def test_yaml_mirrors_dataclasses():
+    y = yaml.safe_load((ROOT / "configs" / "ppo_trainer.yaml").read_text())
+    y.pop("hydra")
+    assert _keys(y) == _keys(dataclasses.asdict(PPOConfig()))
+
+
+def test_defaults_load_and_interpolate():
+    cfg = load_config({"trainer": {"project_name": "p", "experiment_name": "e"}})
+    assert cfg.trainer.default_local_dir == "checkpoints/p/e"
+    assert cfg.actor_rollout_ref.actor.optim.total_training_steps == cfg.trainer.total_training_steps
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ({"data": {"train_batch_sise": 4}}, "data.train_batch_sise"),
+        ({"data": {"train_batch_size": "four"}}, "data.train_batch_size"),
+        ({"algorithm": {"adv_estimator": "nope"}}, "algorithm.adv_estimator"),
+        ({"actor_rollout_ref": {"rollout": {"n": 1}}}, "rollout.n >= 2"),
+        ({"data": {"train_batch_size": 6}, "actor_rollout_ref": {"actor": {"ppo_mini_batch_size": 4}}},
+         "ppo_mini_batch_size"),
+        ({"actor_rollout_ref": {"actor": {"ppo_micro_batch_size_per_gpu": 3}}}, "ppo_micro_batch_size_per_gpu"),
+        ({"actor_rollout_ref": {"rollout": {"name": "sglang"}}}, "rollout.name"),
+        ({"trainer": {"logger": ["tensorboard"]}}, "trainer.logger"),
+        ({"trainer": {"resume_mode": "resume_path"}}, "resume_from_path"),
+        ({"bogus_section": {}}, "bogus_section"),
+    ],
+)
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.").replace("(", r"\(")):
+        load_config(override)
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config({"trainer": {"totl_training_steps": 3}})
+    assert "total_training_steps" in str(e.value)
+
+
+def test_single_path_becomes_list_and_int_widens_to_float():
+    cfg = load_config({"data": {"train_files": "a.parquet"}, "actor_rollout_ref": {"actor": {"optim": {"lr": 1}}}})
+    assert cfg.data.train_files == ["a.parquet"]
+    assert cfg.actor_rollout_ref.actor.optim.lr == 1.0

@@ -1,0 +1,193 @@
+"""RayWorkerGroup: N Ray actors running one worker class, driven from a single controller.
+
+The driver owns the dataflow; a worker group owns `world_size` processes (Ray actors), one per rank,
+each with RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT in its environment so the worker
+can join a torch.distributed group (see `dist.Worker`). Dispatch modes, all blocking and ordered by rank:
+
+- `execute_all(method, ...)`: every rank, same arguments, list of results in rank order;
+- `execute_rank0(method, ...)`: rank 0 only (never for methods that run collectives);
+- `dispatch_dp(method, data)`: data parallel over a DataProto: pad to a multiple of world_size, chunk,
+  rank i gets chunk i, outputs concatenated in rank order and unpadded (equal chunks, because FSDP ranks
+  must run the same number of forward passes);
+- `dispatch_dp_list(method, items, ...)`: the same for a plain list (e.g. token-id prompts), split into
+  contiguous chunks whose sizes differ by at most one instead of padding (no collective runs between
+  ranks there, so no rank needs to do duplicate work); an output list may be k times its input (n samples
+  per prompt, prompt-major) and keeps that order.
+
+Resources: one GPU per worker on CUDA (fractional `gpus_per_worker` lets groups share GPUs);
+`cpus_per_worker` CPUs on CPU, fractional so that, e.g., an actor group and a critic group of two workers
+each share a 2-core machine. Unlike verl there is no placement group / resource pool class: a group is
+created with plain actor resource requests, which is all a single node needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import ray
+
+from verl.protocol import DataProto
+from verl.single_controller.dist import find_free_port
+
+logger = logging.getLogger(__name__)
+
+
+class _WorkerHost:
+    """The Ray actor: sets the rank's environment, then builds the user's worker class inside it."""
+
+    def __init__(self, worker_cls: type, env: dict[str, str], args: tuple, kwargs: dict) -> None:
+        os.environ.update(env)
+        self.worker = worker_cls(*args, **kwargs)
+
+    def ready(self) -> bool:
+        return True
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.worker, method, None)
+        if fn is None or not callable(fn):
+            raise AttributeError(f"{type(self.worker).__name__} has no method {method!r}")
+        return fn(*args, **kwargs)
+
+
+def _check_resources(world_size: int, device: str, cpus_per_worker: float, gpus_per_worker: float, name: str) -> None:
+    """Fail early (instead of hanging on pending actors) when the cluster cannot host the group."""
+    if not ray.is_initialized():
+        raise RuntimeError(f"Ray is not initialised: call ray.init() (e.g. ray.init(num_cpus=2)) before creating the "
+                           f"{name!r} worker group")
+    total = ray.cluster_resources()
+    if device == "cuda":
+        need, have, key = world_size * gpus_per_worker, total.get("GPU", 0.0), "GPU"
+        hint = "lower trainer.n_gpus_per_node"
+    else:
+        need, have, key = world_size * cpus_per_worker, total.get("CPU", 0.0), "CPU"
+        hint = "lower trainer.n_gpus_per_node (workers per node) or trainer.cpus_per_worker (fractions share cores)"
+    if need > have + 1e-9:
+        raise ValueError(f"worker group {name!r} needs {need:g} {key} ({world_size} workers) but the Ray cluster has "
+                         f"{have:g}: {hint}")
+
+
+class RayWorkerGroup:
+    """`world_size` Ray actors each hosting `worker_cls(*init_args, **init_kwargs)`."""
+
+    def __init__(self, worker_cls: type, world_size: int, *, init_args: Sequence[Any] = (),
+                 init_kwargs: dict[str, Any] | None = None, device: str = "cpu", cpus_per_worker: float = 1.0,
+                 gpus_per_worker: float = 1.0, name: str = "actor", master_port: int | None = None,
+                 env: dict[str, str] | None = None, ready_timeout_s: float = 900.0) -> None:
+        if world_size < 1:
+            raise ValueError(f"worker group {name!r}: world_size must be >= 1 (trainer.n_gpus_per_node), "
+                             f"got {world_size}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"worker group {name!r}: device must be 'cpu' or 'cuda' (resolve 'auto' first), "
+                             f"got {device!r}")
+        if cpus_per_worker <= 0:
+            raise ValueError(f"trainer.cpus_per_worker must be > 0, got {cpus_per_worker}")
+        _check_resources(world_size, device, cpus_per_worker, gpus_per_worker, name)
+        self.name, self.world_size, self.device = name, world_size, device
+        self.master_port = master_port or find_free_port()
+        options: dict[str, Any] = {"max_concurrency": 1}
+        if device == "cuda":
+            options.update(num_gpus=gpus_per_worker, num_cpus=min(cpus_per_worker, 1.0))
+        else:
+            options.update(num_cpus=cpus_per_worker, num_gpus=0)
+        remote_cls = ray.remote(_WorkerHost).options(**options)
+        self._actors = []
+        for rank in range(world_size):
+            rank_env = {k: str(v) for k, v in (env or {}).items()}
+            rank_env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(self.master_port), WORKER_GROUP=name)
+            self._actors.append(remote_cls.remote(worker_cls, rank_env, tuple(init_args), dict(init_kwargs or {})))
+        try:  # constructors run in parallel (they rendezvous for the process group); surface their errors here
+            ray.get([a.ready.remote() for a in self._actors], timeout=ready_timeout_s)
+        except ray.exceptions.GetTimeoutError as e:
+            self.shutdown()
+            raise RuntimeError(f"worker group {name!r}: workers not ready after {ready_timeout_s:.0f} s; the Ray "
+                               "cluster may lack free resources (see `ray status`; trainer.cpus_per_worker / "
+                               "trainer.n_gpus_per_node)") from e
+        except Exception:
+            self.shutdown()
+            raise
+        logger.info("worker group %r: %d %s workers up (port %d)", name, world_size, device, self.master_port)
+
+    # ------------------------------------------------------------------ plain dispatch
+    def execute_all_async(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
+        """Call `method` on every rank with the same arguments; returns object refs in rank order."""
+        return [a.call.remote(method, *args, **kwargs) for a in self._actors]
+
+    def execute_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
+        return ray.get(self.execute_all_async(method, *args, **kwargs))
+
+    def execute_rank0(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Rank 0 only: for methods without collectives (rank 0 would wait forever for the others)."""
+        return ray.get(self._actors[0].call.remote(method, *args, **kwargs))
+
+    # ------------------------------------------------------------------ data-parallel dispatch
+    def dispatch_dp_async(self, method: str, data: DataProto, **kwargs: Any) -> tuple[list[ray.ObjectRef], int]:
+        """Pad `data` to a multiple of world_size, send chunk i to rank i; returns (refs, pad_size)."""
+        padded, pad_size = data.pad_to_divisor(self.world_size)
+        chunks = padded.chunk(self.world_size)
+        return [a.call.remote(method, c, **kwargs) for a, c in zip(self._actors, chunks)], pad_size
+
+    @staticmethod
+    def collect_dp(refs: list[ray.ObjectRef], pad_size: int) -> Any:
+        """Gather `dispatch_dp_async` results: DataProtos are concatenated (rank order) and unpadded;
+        anything else (e.g. metric dicts) is returned as the per-rank list."""
+        outputs = ray.get(refs)
+        if all(isinstance(o, DataProto) for o in outputs):
+            return DataProto.concat(outputs).unpad(pad_size)
+        return outputs
+
+    def dispatch_dp(self, method: str, data: DataProto, **kwargs: Any) -> Any:
+        """Data-parallel call over a DataProto (see `collect_dp` for the return value)."""
+        refs, pad_size = self.dispatch_dp_async(method, data, **kwargs)
+        return self.collect_dp(refs, pad_size)
+
+    def dispatch_dp_exact(self, method: str, data: DataProto, **kwargs: Any) -> list[Any]:
+        """Data parallel without padding (for updates, where a duplicated row would bias the gradient):
+        len(data) must divide by world_size. Returns the per-rank results."""
+        if len(data) % self.world_size:
+            raise ValueError(f"worker group {self.name!r}: a batch of {len(data)} rows does not split evenly over "
+                             f"{self.world_size} workers; make data.train_batch_size * rollout.n divisible by "
+                             "trainer.n_gpus_per_node")
+        return ray.get([a.call.remote(method, c, **kwargs) for a, c in zip(self._actors, data.chunk(self.world_size))])
+
+    def dispatch_dp_list(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
+        """Split a list into contiguous near-equal chunks, rank i gets chunk i (empty chunks are skipped),
+        outputs concatenated in order. An output of k * len(chunk) items (n samples per prompt) is fine."""
+        items = list(items)
+        base, extra = divmod(len(items), self.world_size)
+        refs, start = [], 0
+        for rank, actor in enumerate(self._actors):
+            size = base + (1 if rank < extra else 0)
+            if size:
+                refs.append(actor.call.remote(method, items[start:start + size], *args, **kwargs))
+            start += size
+        out: list[Any] = []
+        for part in ray.get(refs):
+            out.extend(part)
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+    def shutdown(self) -> None:
+        """Kill the group's actors (their process group dies with them)."""
+        for a in getattr(self, "_actors", []):
+            try:
+                ray.kill(a, no_restart=True)
+            except Exception:  # already dead
+                logger.debug("actor already gone", exc_info=True)
+        self._actors = []
+
+    def __len__(self) -> int:
+        return self.world_size
+
+
+def reduce_metrics(per_rank: Sequence[dict[str, Any]]) -> dict[str, float]:
+    """Mean over ranks of each metric (ranks that lack a key are ignored for that key)."""
+    keys: dict[str, list[float]] = {}
+    for metrics in per_rank:
+        for k, v in (metrics or {}).items():
+            keys.setdefault(k, []).append(float(np.mean(v)) if isinstance(v, (list, tuple, np.ndarray)) else float(v))
+    return {k: float(np.mean(v)) for k, v in keys.items()}

@@ -1,0 +1,125 @@
+"""Hydra entry point: `python -m verl.trainer.main_ppo [--config-name NAME] key=value ...`.
+
+Composes `configs/<name>.yaml` with the overrides, validates it into a typed `PPOConfig` (errors name the
+key), starts Ray (CPU cores or GPUs), builds the worker groups and the plugged components, and runs
+`RayPPOTrainer.fit()`. `run(cfg)` is the same thing without Hydra, for scripts and tests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from verl.trainer.config import ConfigError, PPOConfig, load_config, to_dict
+
+logger = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible; use trainer.device=cpu or auto")
+    return device
+
+
+def init_ray(cfg: PPOConfig, device: str) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    env = {"TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
+    for k in ("ZEROSEARCH_CACHE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    kwargs = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": env})
+    if cfg.trainer.ray_address:
+        ray.init(address=cfg.trainer.ray_address, **kwargs)
+        return
+    if device == "cpu":
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, int(cfg.world_size * cfg.trainer.cpus_per_worker + 0.999))
+    ray.init(**kwargs)
+
+
+def build_trainer(cfg: PPOConfig, device: str):
+    """Worker groups + tokenizer + components -> RayPPOTrainer (Ray must be up)."""
+    from transformers import AutoTokenizer
+
+    from verl.single_controller.ray_worker_group import RayWorkerGroup
+    from verl.trainer.ppo.components import load_component, make_last_number_reward, make_single_turn_rollout
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+    from verl.utils.models import resolve_model_path
+    from verl.utils.tracking import Tracking
+    from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker
+
+    model_dir = resolve_model_path(cfg.actor_rollout_ref.model.path)  # convert once in the driver
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    def component(c, default, key):
+        factory = load_component(c.target, key) if c.target else default
+        return factory(cfg, tokenizer, **c.kwargs)
+
+    rollout_fn = component(cfg.rollout_fn, make_single_turn_rollout, "rollout_fn.target")
+    reward_fn = component(cfg.reward_fn, make_last_number_reward, "reward_fn.target")
+    check = load_component(cfg.dataset_check.target, "dataset_check.target") if cfg.dataset_check.target else None
+
+    t = cfg.trainer
+    actor_wg = RayWorkerGroup(ActorRolloutRefWorker, cfg.world_size, init_args=(cfg,), device=device,
+                              cpus_per_worker=t.cpus_per_worker, name="actor_rollout_ref")
+    critic_wg = None
+    if cfg.use_critic:
+        critic_wg = RayWorkerGroup(CriticWorker, cfg.world_size, init_args=(cfg,), device=device,
+                                   cpus_per_worker=t.cpus_per_worker / 2 if device == "cpu" else 1.0, name="critic")
+    actor_wg.execute_all("init_model")
+    if critic_wg is not None:
+        critic_wg.execute_all("init_model")
+    log_dir = Path(t.default_local_dir) / "logs"
+    tracker = Tracking(t.project_name, t.experiment_name, t.logger, to_dict(cfg), str(log_dir),
+                       t.total_training_steps)
+    return RayPPOTrainer(cfg, tokenizer, actor_wg, critic_wg, rollout_fn, reward_fn, tracker=tracker,
+                         dataset_check=check)
+
+
+def run(cfg: PPOConfig) -> dict:
+    import ray
+
+    device = resolve_device(cfg.trainer.device)
+    init_ray(cfg, device)
+    trainer = build_trainer(cfg, device)
+    try:
+        return trainer.fit()
+    finally:
+        if trainer.tracker is not None:
+            trainer.tracker.finish()
+        for wg in (trainer.actor_wg, trainer.critic_wg):
+            if wg is not None:
+                wg.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
+
+
+def main() -> None:
+    import hydra
+    from omegaconf import OmegaConf
+
+    @hydra.main(config_path=CONFIG_DIR, config_name="ppo_trainer", version_base=None)
+    def _main(dcfg) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        try:
+            cfg = load_config(OmegaConf.to_container(dcfg, resolve=True))
+        except ConfigError as e:
+            raise SystemExit(f"config error: {e}") from None
+        summary = run(cfg)
+        logger.info("done: step %s, last checkpoint %s", summary["global_step"], summary["last_checkpoint"])
+
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""The PPO-family training loop on a Ray single controller.
+
+The driver holds the data, the rollout and reward functions and the algorithm math; worker groups hold
+the models (FSDP2 actor + reference + rollout engine colocated in one process per rank; the critic in a
+second group). One step is the list of named methods in `fit()`; each is timed as `timing_s/<name>`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from verl.protocol import DataProto
+from verl.trainer.config import PPOConfig
+from verl.trainer.ppo import core_algos
+from verl.trainer.ppo.components import WorkerGroupEngine
+from verl.trainer.ppo.metrics import aggregate_by_source, compute_data_metrics, compute_throughput_metrics
+from verl.utils import checkpoint as ckpt
+from verl.utils.dataset import BatchIterator, PromptDataset
+from verl.utils.timing import timer
+from verl.workers.rollout.base import SamplingParams
+
+logger = logging.getLogger(__name__)
+
+FORWARD_KEYS = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask"]
+
+
+class RayPPOTrainer:
+    def __init__(self, config: PPOConfig, tokenizer, actor_wg, critic_wg, rollout_fn, reward_fn, tracker=None,
+                 dataset_check=None):
+        self.cfg = config
+        self.tokenizer = tokenizer
+        self.actor_wg = actor_wg
+        self.critic_wg = critic_wg
+        self.rollout_fn = rollout_fn
+        self.reward_fn = reward_fn
+        self.tracker = tracker
+        self.engine = WorkerGroupEngine(actor_wg)
+        d = config.data
+        common = dict(prompt_key=d.prompt_key, max_prompt_length=d.max_prompt_length, truncation=d.truncation,
+                      apply_chat_template=d.apply_chat_template, check=dataset_check)
+        self.train_ds = PromptDataset(d.train_files, tokenizer, key="data.train_files", **common)
+        self.val_ds = (PromptDataset(d.val_files, tokenizer, key="data.val_files", max_samples=d.val_max_samples,
+                                     **common) if d.val_files else None)
+        self.train_iter = BatchIterator(len(self.train_ds), d.train_batch_size, shuffle=d.shuffle, seed=d.seed)
+        kc = config.algorithm.kl_ctrl
+        self.kl_ctrl = core_algos.get_kl_controller(kc.type, kc.kl_coef, kc.target_kl, kc.horizon)
+        self.global_step = 0
+        self.val_history: list[dict] = []
+        self.last_checkpoint: str | None = None
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict:
+        t = self.cfg.trainer
+        self._maybe_resume()
+        if t.val_before_train and self.val_ds is not None:
+            self._log(self.validate(), self.global_step)
+            if t.val_only:
+                return self._summary()
+        while self.global_step < t.total_training_steps:
+            self.global_step += 1
+            step, m = self.global_step, {}
+            with timer("step", m):
+                batch = self._next_batch(m)
+                with timer("gen", m):
+                    batch = self._generate(batch, m)
+                with timer("reward", m):
+                    self._compute_reward(batch, m)
+                self._balance(batch)
+                with timer("old_log_prob", m):
+                    self._compute_old_log_prob(batch, m)
+                if self.cfg.use_ref:
+                    with timer("ref", m):
+                        self._compute_ref_log_prob(batch)
+                if self.cfg.use_critic:
+                    with timer("values", m):
+                        self._compute_values(batch)
+                with timer("adv", m):
+                    self._compute_advantages(batch, m)
+                if self.cfg.use_critic:
+                    with timer("update_critic", m):
+                        self._update_critic(batch, m)
+                with timer("update_actor", m):
+                    self._update_actor(batch, m)
+                with timer("sync_weights", m):
+                    self._sync_weights(m)
+            m.update(compute_data_metrics(batch, self.cfg.use_critic, self.cfg.data.max_response_length))
+            m.update(compute_throughput_metrics(batch, m["timing_s/step"], self.cfg.world_size))
+            last = step == t.total_training_steps
+            if self.val_ds is not None and t.test_freq > 0 and (step % t.test_freq == 0 or last):
+                with timer("testing", m):
+                    m.update(self.validate())
+            if t.save_freq > 0 and (step % t.save_freq == 0 or last):
+                with timer("save_checkpoint", m):
+                    self.save_checkpoint()
+            self._log(m, step)
+        return self._summary()
+
+    # ------------------------------------------------------------------ steps
+    def _next_batch(self, m: dict) -> DataProto:
+        idx, epoch = self.train_iter.next()
+        m["train/epoch"] = float(epoch)
+        return self._make_batch(self.train_ds, idx)
+
+    def _make_batch(self, ds: PromptDataset, idx: list[int]) -> DataProto:
+        nt = ds.collate(idx)
+        # GRPO groups: a fresh string uid per prompt instance, never a dataset index (the original's
+        # integer indices collided across datasets).
+        nt["uid"] = np.array([str(uuid.uuid4()) for _ in idx], dtype=object)
+        return DataProto.from_dict(non_tensors=nt)
+
+    def _sampling_params(self, validate: bool) -> SamplingParams:
+        r = self.cfg.actor_rollout_ref.rollout
+        max_tokens = self.cfg.data.max_response_length
+        if validate:
+            v = r.val_kwargs
+            temp = v.temperature if v.do_sample else 0.0
+            return SamplingParams(n=1, temperature=temp, top_p=v.top_p, top_k=v.top_k, max_tokens=max_tokens,
+                                  seed=self.cfg.trainer.seed)
+        return SamplingParams(n=1, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=max_tokens,
+                              seed=self.cfg.trainer.seed + self.global_step)
+
+    def _generate(self, batch: DataProto, m: dict, validate: bool = False) -> DataProto:
+        r = self.cfg.actor_rollout_ref.rollout
+        n = r.val_kwargs.n if validate else r.n
+        batch = batch.repeat(n, interleave=True)
+        out = self.rollout_fn(batch, self.engine, self._sampling_params(validate), self.global_step, validate)
+        m.update(out.meta_info.pop("metrics", {}) or {})
+        for k, v in batch.non_tensor_batch.items():
+            if k not in out.non_tensor_batch:
+                out.non_tensor_batch[k] = v
+        out.meta_info.update(batch.meta_info)
+        return out
+
+    def _compute_reward(self, batch: DataProto, m: dict | None = None) -> list[dict]:
+        scores, per_sample = self.reward_fn(batch)
+        resp_mask = batch.batch["response_mask"]  # [B, R]
+        token_scores = torch.zeros_like(resp_mask, dtype=torch.float32)
+        has_tokens = resp_mask.sum(-1) > 0
+        # index of the last policy token of each row
+        last = (resp_mask * torch.arange(resp_mask.shape[1])).argmax(-1)
+        rows = torch.arange(len(scores))
+        token_scores[rows[has_tokens], last[has_tokens]] = torch.tensor(scores, dtype=torch.float32)[has_tokens]
+        batch.batch["token_level_scores"] = token_scores
+        batch.non_tensor_batch["score"] = np.array(scores, dtype=object)
+        if m is not None and per_sample:
+            for k in per_sample[0]:
+                vals = [float(p[k]) for p in per_sample if isinstance(p.get(k), (int, float, bool))]
+                if vals:
+                    m[f"reward/{k}"] = float(np.mean(vals))
+        return per_sample
+
+    def _balance(self, batch: DataProto) -> None:
+        """Reorder rows so every worker gets a similar number of tokens (verl's seqlen balancing)."""
+        ws = self.cfg.world_size
+        if not self.cfg.trainer.balance_batch or ws <= 1 or len(batch) % ws:
+            return
+        lengths = batch.batch["attention_mask"].sum(-1).tolist()
+        order = sorted(range(len(batch)), key=lambda i: -lengths[i])
+        per = len(batch) // ws
+        parts, loads = [[] for _ in range(ws)], [0] * ws
+        for i in order:
+            cands = [p for p in range(ws) if len(parts[p]) < per]
+            p = min(cands, key=lambda q: loads[q])
+            parts[p].append(i)
+            loads[p] += lengths[i]
+        idx = [i for part in parts for i in part]
+        batch.reorder(torch.tensor(idx))
+
+    def _forward_data(self, batch: DataProto, extra: list[str] = ()) -> DataProto:
+        data = batch.select(batch_keys=FORWARD_KEYS + [k for k in extra if k in batch.batch])
+        data.meta_info["temperature"] = self.cfg.actor_rollout_ref.rollout.temperature
+        return data
+
+    def _compute_old_log_prob(self, batch: DataProto, m: dict) -> None:
+        out = self.actor_wg.dispatch_dp("compute_log_prob", self._forward_data(batch))
+        batch.batch["old_log_probs"] = out.batch["old_log_probs"]
+        ent = out.batch.get("entropys")
+        if ent is not None:
+            m["actor/entropy"] = core_algos.masked_mean(ent, batch.batch["response_mask"]).item()
+
+    def _compute_ref_log_prob(self, batch: DataProto) -> None:
+        out = self.actor_wg.dispatch_dp("compute_ref_log_prob", self._forward_data(batch))
+        batch.batch["ref_log_prob"] = out.batch["ref_log_prob"]
+
+    def _compute_values(self, batch: DataProto) -> None:
+        out = self.critic_wg.dispatch_dp("compute_values", self._forward_data(batch))
+        batch.batch["values"] = out.batch["values"]
+
+    def _compute_advantages(self, batch: DataProto, m: dict) -> None:
+        a = self.cfg.algorithm
+        t = batch.batch
+        if a.use_kl_in_reward:
+            rewards, kl_m = core_algos.apply_kl_penalty(t["token_level_scores"], t["old_log_probs"],
+                                                         t["ref_log_prob"], t["response_mask"], self.kl_ctrl,
+                                                         a.kl_penalty)
+            t["token_level_rewards"] = rewards
+            m.update(kl_m)
+        else:
+            t["token_level_rewards"] = t["token_level_scores"]
+        est = core_algos.get_adv_estimator(a.adv_estimator)
+        adv, ret = est(t["token_level_rewards"], t["response_mask"], t.get("values"),
+                       batch.non_tensor_batch["uid"], a.gamma, a.lam, a.norm_adv_by_std_in_grpo, 1e-6)
+        t["advantages"], t["returns"] = adv, ret
+
+    def _update_critic(self, batch: DataProto, m: dict) -> None:
+        data = self._forward_data(batch, ["values", "returns"])
+        m.update(self.critic_wg.dispatch_dp_metrics("update_critic", data))
+
+    def _update_actor(self, batch: DataProto, m: dict) -> None:
+        data = self._forward_data(batch, ["old_log_probs", "advantages", "ref_log_prob"])
+        m.update(self.actor_wg.dispatch_dp_metrics("update_actor", data))
+
+    def _sync_weights(self, m: dict) -> None:
+        secs = self.actor_wg.execute_all("sync_rollout_weights")
+        m["perf/weight_sync_s"] = float(max(secs)) if secs else 0.0
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict:
+        """Score every validation row (no partial batch dropped); per-source means as val/<source>/<metric>."""
+        ds = self.val_ds
+        bs = self.cfg.data.val_batch_size or len(ds)
+        it = BatchIterator(len(ds), bs, shuffle=False, drop_last=False)
+        per_sample, sources, records, gen_m = [], [], [], {}
+        for idx in it.epoch_batches():
+            out = self._generate(self._make_batch(ds, idx), gen_m, validate=True)
+            per = self._compute_reward(out)
+            per_sample.extend(per)
+            sources.extend(out.non_tensor_batch["data_source"].tolist())
+            k = self.cfg.trainer.log_val_generations - len(records)
+            for i in range(min(max(k, 0), len(out))):
+                nt = out.non_tensor_batch
+                records.append({"question": nt.get("question", [None] * len(out))[i],
+                                "golden_answers": nt.get("golden_answers", [None] * len(out))[i],
+                                "response": nt["response_text"][i], "score": float(nt["score"][i])})
+        metrics = aggregate_by_source(per_sample, sources, prefix="val")
+        metrics.update({f"val/{k}": v for k, v in gen_m.items() if k.startswith(("env/", "search/"))})
+        self.val_history.append({"step": self.global_step, **metrics})
+        if self.tracker is not None:
+            self.tracker.log_table("val/generations", records, self.global_step)
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+    def _ckpt_root(self) -> Path:
+        return Path(self.cfg.trainer.default_local_dir)
+
+    def save_checkpoint(self) -> str:
+        d = ckpt.step_dir(self._ckpt_root(), self.global_step)
+        self.actor_wg.execute_all("save_checkpoint", str(d / "actor"), self.global_step)
+        if self.critic_wg is not None:
+            self.critic_wg.execute_all("save_checkpoint", str(d / "critic"), self.global_step)
+        self.actor_wg.execute_rank0("save_hf_model", str(d / "huggingface"))
+        state = {"global_step": self.global_step, "dataloader": self.train_iter.state_dict(),
+                 "kl_coef": float(self.kl_ctrl.value)}
+        ckpt.mark_complete(self._ckpt_root(), self.global_step, state)
+        ckpt.prune(self._ckpt_root(), self.cfg.trainer.max_actor_ckpt_to_keep)
+        self.last_checkpoint = str(d)
+        logger.info("checkpoint saved: %s", d)
+        return str(d)
+
+    def _maybe_resume(self) -> None:
+        t = self.cfg.trainer
+        d = ckpt.resolve_resume(self._ckpt_root(), t.resume_mode, t.resume_from_path)
+        if d is None:
+            return
+        import json
+
+        state = json.loads((d / "trainer_state.json").read_text())
+        self.actor_wg.execute_all("load_checkpoint", str(d / "actor"))
+        if self.critic_wg is not None:
+            self.critic_wg.execute_all("load_checkpoint", str(d / "critic"))
+        self.actor_wg.execute_all("sync_rollout_weights")
+        self.train_iter.load_state_dict(state["dataloader"])
+        self.global_step = int(state["global_step"])
+        if hasattr(self.kl_ctrl, "value"):
+            self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))
+        self.last_checkpoint = str(d)
+        logger.info("resumed from %s at step %d", d, self.global_step)
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, m: dict, step: int) -> None:
+        bad = [k for k, v in m.items() if isinstance(v, float) and not np.isfinite(v)]
+        if bad:
+            logger.warning("non-finite metrics at step %d: %s", step, bad)
+        if self.tracker is not None:
+            self.tracker.log(m, step)
+
+    def _summary(self) -> dict:
+        return {"global_step": self.global_step, "val_history": self.val_history,
+                "last_checkpoint": self.last_checkpoint, "time": time.time()}

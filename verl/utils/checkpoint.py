@@ -1,0 +1,85 @@
+"""Driver-side checkpoint bookkeeping: step directories, the atomic `latest` pointer, keep-last-K.
+
+Layout (verl's): `<default_local_dir>/global_step_<k>/{actor,critic,huggingface,trainer_state.json}` and
+`<default_local_dir>/latest_checkpointed_iteration.txt`. The pointer is written (temp file + rename)
+only after every part of the step directory is complete, so a run killed mid-save resumes from the
+previous complete checkpoint instead of a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+POINTER = "latest_checkpointed_iteration.txt"
+STEP_RE = re.compile(r"^global_step_(\d+)$")
+
+
+def step_dir(root: str | Path, step: int) -> Path:
+    return Path(root) / f"global_step_{step}"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def mark_complete(root: str | Path, step: int, trainer_state: dict) -> None:
+    d = step_dir(root, step)
+    atomic_write_text(d / "trainer_state.json", json.dumps(trainer_state, indent=2))
+    atomic_write_text(Path(root) / POINTER, str(step))
+
+
+def latest_step(root: str | Path) -> int | None:
+    p = Path(root) / POINTER
+    if not p.exists():
+        return None
+    step = int(p.read_text().strip())
+    if not (step_dir(root, step) / "trainer_state.json").exists():
+        raise RuntimeError(f"{p} points at step {step} but {step_dir(root, step)} is incomplete")
+    return step
+
+
+def resolve_resume(root: str | Path, mode: str, path: str | None) -> Path | None:
+    """Which step directory to resume from, per trainer.resume_mode (auto | disable | resume_path)."""
+    if mode == "disable":
+        return None
+    if mode == "resume_path":
+        if not path:
+            raise ValueError("trainer.resume_mode=resume_path needs trainer.resume_from_path=<.../global_step_N>")
+        d = Path(path)
+        if not (d / "trainer_state.json").exists():
+            raise FileNotFoundError(f"trainer.resume_from_path={path} is not a complete checkpoint (no trainer_state.json)")
+        return d
+    if mode != "auto":
+        raise ValueError(f"trainer.resume_mode must be auto, disable or resume_path, got {mode!r}")
+    step = latest_step(root)
+    return None if step is None else step_dir(root, step)
+
+
+def prune(root: str | Path, keep: int | None) -> list[Path]:
+    """Delete all but the newest `keep` complete step directories (and any incomplete older ones)."""
+    if not keep or keep <= 0:
+        return []
+    root = Path(root)
+    steps = sorted(int(m.group(1)) for p in root.iterdir() if (m := STEP_RE.match(p.name)))
+    latest = latest_step(root)
+    removed = []
+    complete = [s for s in steps if (step_dir(root, s) / "trainer_state.json").exists()]
+    for s in steps:
+        if latest is not None and s > latest:
+            continue  # a save in progress
+        if s in complete[-keep:]:
+            continue
+        shutil.rmtree(step_dir(root, s), ignore_errors=True)
+        removed.append(step_dir(root, s))
+    return removed

@@ -1,0 +1,144 @@
+"""Experiment tracking: console (one line per step + a progress bar), JSONL file, and W&B.
+
+W&B runs offline when no API key is configured, so a laptop or CI run still produces a run directory
+that `wandb sync` can upload later. Secrets never reach a logger: the config is redacted first
+(any key that looks like a key/token/secret/password is replaced).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+SECRET_MARKERS = ("api_key", "apikey", "secret", "token", "password", "serpapi_key", "ser_api_key")
+KNOWN_BACKENDS = ("console", "jsonl", "wandb")
+
+
+def redact(obj: Any) -> Any:
+    """A deep copy of a config with every secret-looking value replaced by '***'."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            lk = str(k).lower()
+            if any(m in lk for m in SECRET_MARKERS) and not isinstance(v, (dict, list)) and v not in (None, ""):
+                out[k] = "***"
+            else:
+                out[k] = redact(v)
+        return out
+    if isinstance(obj, list):
+        return [redact(v) for v in obj]
+    return obj
+
+
+def _fmt(v: float) -> str:
+    if isinstance(v, float):
+        if math.isnan(v) or math.isinf(v):
+            return str(v)
+        return f"{v:.4g}"
+    return str(v)
+
+
+CONSOLE_KEYS = (
+    "critic/score/mean",
+    "val/overall/em",
+    "actor/pg_loss",
+    "actor/kl_loss",
+    "actor/entropy",
+    "actor/grad_norm",
+    "response_length/mean",
+    "env/ratio_of_valid_action",
+    "env/number_of_valid_search",
+    "search/noise_p",
+    "timing_s/step",
+)
+
+
+class Tracking:
+    def __init__(
+        self,
+        project: str,
+        experiment: str,
+        backends: list[str],
+        config: dict,
+        log_dir: str,
+        total_steps: int,
+        start_step: int = 0,
+    ):
+        unknown = [b for b in backends if b not in KNOWN_BACKENDS]
+        if unknown:
+            raise ValueError(f"trainer.logger has unknown backend(s) {unknown}; valid: {list(KNOWN_BACKENDS)}")
+        self.backends = backends
+        self.log_dir = Path(log_dir)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        safe_config = redact(config)
+        (self.log_dir / "config.json").write_text(json.dumps(safe_config, indent=2, default=str))
+        self._jsonl = open(self.log_dir / "metrics.jsonl", "a") if "jsonl" in backends else None
+        self._bar = None
+        if "console" in backends:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=experiment, unit="step", file=sys.stderr,
+                             dynamic_ncols=True, disable=None)
+        self._wandb = None
+        if "wandb" in backends:
+            import wandb
+
+            if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")):
+                os.environ["WANDB_MODE"] = "offline"
+                logger.info("no WANDB_API_KEY: wandb runs offline in %s", self.log_dir)
+            self._wandb = wandb.init(project=project, name=experiment, config=safe_config, dir=str(self.log_dir),
+                                     resume="allow")
+        self._t0 = time.time()
+
+    def log(self, data: dict[str, float], step: int) -> None:
+        clean = {k: (float(v) if hasattr(v, "__float__") else v) for k, v in data.items()}
+        if self._jsonl is not None:
+            self._jsonl.write(json.dumps({"step": step, **clean}, default=str) + "\n")
+            self._jsonl.flush()
+        if self._wandb is not None:
+            self._wandb.log(clean, step=step)
+        if "console" in self.backends:
+            parts = [f"{k.split('/', 1)[-1] if k.startswith('critic/') else k}={_fmt(clean[k])}"
+                     for k in CONSOLE_KEYS if k in clean]
+            line = f"step {step}: " + " ".join(parts)
+            if self._bar is not None:
+                self._bar.write(line)
+                self._bar.n = step
+                self._bar.refresh()
+            else:
+                logger.info(line)
+
+    def log_table(self, name: str, records: list[dict], step: int) -> None:
+        """Sample trajectories: a JSONL file always, a W&B table when W&B is on."""
+        if not records:
+            return
+        path = self.log_dir / f"{name.replace('/', '_')}.jsonl"
+        with open(path, "a") as f:
+            for r in records:
+                f.write(json.dumps({"step": step, **r}, default=str) + "\n")
+        if self._wandb is not None:
+            import wandb
+
+            cols = sorted({k for r in records for k in r})
+            table = wandb.Table(columns=["step", *cols])
+            for r in records:
+                table.add_data(step, *[str(r.get(c, "")) for c in cols])
+            self._wandb.log({name: table}, step=step)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+            self._jsonl = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None

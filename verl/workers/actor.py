@@ -1,0 +1,217 @@
+"""Data-parallel PPO actor: log-probs of responses and the clipped policy update on one FSDP rank.
+
+Pure-ish: takes a module (FSDP2-sharded or plain), an optimizer and a scheduler; knows nothing of Ray.
+Tensors follow verl's layout (`input_ids = cat(prompts, responses)`, `response_mask` 0 on observation
+tokens and padding); the logits at positions P-1 .. P+R-2 score the R response tokens.
+
+Gradient accumulation is exact: every micro-batch loss is rescaled so that the summed gradient equals the
+gradient of the mini-batch loss, whatever the micro-batch size and the number of ranks:
+- token-mean: scale = micro tokens / (valid tokens of the mini-batch summed over all ranks) * world_size
+  (FSDP averages gradients over ranks, hence the world_size), so 1 rank == 2 ranks and micro 1 x accum 4
+  == micro 4 x accum 1;
+- seq-* modes: scale = micro rows / mini-batch rows (every rank holds the same number of rows).
+verl scales token-mean per micro-batch instead, which weighs tokens of short micro-batches more.
+Gradient reduction across ranks runs only on the last micro-batch of a mini-batch.
+
+Extension: without `old_log_probs` in the batch the update is on-policy (one mini-batch, one epoch) and
+uses the detached current log-probs as the old ones (ratio 1, same gradient), which saves the separate
+old-log-prob forward pass. Metrics are per rank (the driver averages them over ranks with
+`reduce_metrics`, which gives the exact mini-batch values).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from verl.protocol import DataProto
+from verl.trainer.config import ActorConfig
+from verl.trainer.ppo import core_algos
+from verl.workers.fsdp_utils import clip_grad_norm, trim_padding
+
+logger = logging.getLogger(__name__)
+
+
+def dist_world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def global_sum(value: float, device: torch.device) -> float:
+    """Sum over ranks (identity without a process group)."""
+    if dist_world_size() == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item())
+
+
+def minibatches(data: DataProto, mini_size: int, epochs: int, shuffle: bool, seed: int,
+                key: str = "ppo_mini_batch_size") -> Iterator[DataProto]:
+    """`epochs` passes over `data` in mini-batches of `mini_size` rows (len(data) must divide by it)."""
+    n = len(data)
+    mini_size = min(mini_size, n)
+    if mini_size < 1 or n % mini_size:
+        raise ValueError(f"{n} rows per worker do not split into mini-batches of {mini_size}: make {key} * "
+                         "rollout.n / n_gpus_per_node divide the per-worker batch (train_batch_size * rollout.n / "
+                         "n_gpus_per_node)")
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        order = data[torch.randperm(n, generator=gen)] if shuffle else data
+        yield from order.split(mini_size)
+
+
+def micro_scales(mini: DataProto, micro_size: int, loss_agg_mode: str, mask_key: str,
+                 device: torch.device) -> list[tuple[DataProto, float]]:
+    """Split a mini-batch into micro-batches, each with its loss scale (see the module docstring)."""
+    micros = mini.split(max(1, micro_size))
+    if loss_agg_mode == "token-mean":
+        total = global_sum(mini.batch[mask_key].sum().item(), device)
+        world = dist_world_size()
+        return [(m, m.batch[mask_key].sum().item() * world / total if total > 0 else 0.0) for m in micros]
+    if loss_agg_mode not in core_algos.LOSS_AGG_MODES:
+        raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}; known: {list(core_algos.LOSS_AGG_MODES)}")
+    return [(m, len(m) / len(mini)) for m in micros]
+
+
+def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[labels] without materialising the full log-softmax. [b, r, V], [b, r] -> [b, r]."""
+    picked = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) per position: logsumexp - sum(p * logits). [b, r, V] -> [b, r]."""
+    probs = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
+
+
+def response_mask_of(data: DataProto) -> torch.Tensor:
+    """`response_mask`, or (verl's fallback) the response part of the attention mask."""
+    if "response_mask" in data.batch:
+        return data.batch["response_mask"]
+    return data.batch["attention_mask"][:, -data.batch["responses"].shape[1]:]
+
+
+class DataParallelPPOActor:
+    """PPO actor on one rank. `rollout_n` turns ppo_mini_batch_size (prompts) into rows."""
+
+    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer | None,
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None, cfg: ActorConfig, *, rollout_n: int = 1,
+                 device: torch.device | str = "cpu") -> None:
+        self.module, self.optimizer, self.scheduler, self.cfg = module, optimizer, scheduler, cfg
+        self.rollout_n, self.device = rollout_n, torch.device(device)
+        self._updates = 0
+
+    # ------------------------------------------------------------------ forward
+    def _forward(self, micro: DataProto, temperature: float, entropy: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Response log-probs [b, R] and entropy [b, R] (`entropy`: none | grad | metric, the latter detached)."""
+        b = micro.batch
+        responses = b["responses"].to(self.device)
+        R = responses.shape[1]
+        ids, mask, pos, kept = trim_padding(b["input_ids"].to(self.device), b["attention_mask"].to(self.device),
+                                            b["position_ids"].to(self.device), R)
+        out = self.module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                          logits_to_keep=kept + 1)
+        logits = out.logits[:, :-1].float()  # [b, kept, V]
+        if temperature != 1.0:
+            logits = logits / temperature
+        log_probs = logprobs_from_logits(logits, responses[:, :kept])
+        ent = None
+        if entropy == "grad":
+            ent = entropy_from_logits(logits)
+        elif entropy == "metric":
+            with torch.no_grad():
+                ent = entropy_from_logits(logits.detach())
+        if kept < R:  # trimmed right padding scores 0
+            log_probs = nn.functional.pad(log_probs, (0, R - kept))
+            ent = nn.functional.pad(ent, (0, R - kept)) if ent is not None else None
+        return log_probs, ent
+
+    @torch.no_grad()
+    def compute_log_prob(self, data: DataProto, micro_batch_size: int, temperature: float = 1.0,
+                         calculate_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs [B, R] (and entropy [B, R] if asked) of the responses, in micro-batches."""
+        if micro_batch_size < 1:
+            raise ValueError(f"log_prob_micro_batch_size_per_gpu must be >= 1, got {micro_batch_size}")
+        outs = [self._forward(m, temperature, "metric" if calculate_entropy else "none")
+                for m in data.split(micro_batch_size)]
+        log_probs = torch.cat([o[0] for o in outs]).cpu()
+        ent = torch.cat([o[1] for o in outs]).cpu() if calculate_entropy else None
+        return log_probs, ent
+
+    # ------------------------------------------------------------------ update
+    def _micro_loss(self, micro: DataProto, temperature: float) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, b = self.cfg, micro.batch
+        mask = response_mask_of(micro).to(self.device)
+        log_prob, ent = self._forward(micro, temperature, "grad" if cfg.entropy_coeff != 0 else "metric")
+        old = b["old_log_probs"].to(self.device) if "old_log_probs" in b else log_prob.detach()
+        low = cfg.clip_ratio_low if cfg.clip_ratio_low is not None else cfg.clip_ratio
+        high = cfg.clip_ratio_high if cfg.clip_ratio_high is not None else cfg.clip_ratio
+        pg_loss, clipfrac, ppo_kl, clipfrac_lower = core_algos.compute_policy_loss(
+            old, log_prob, b["advantages"].to(self.device), mask, low, high, cfg.clip_ratio_c, cfg.loss_agg_mode)
+        entropy_loss = core_algos.compute_entropy_loss(ent, mask, cfg.loss_agg_mode)
+        kl_loss = None
+        metrics = {"actor/pg_loss": pg_loss.item(), "actor/pg_clipfrac": clipfrac.item(),
+                   "actor/ppo_kl": ppo_kl.item(), "actor/pg_clipfrac_lower": clipfrac_lower.item(),
+                   "actor/entropy": entropy_loss.item()}
+        if cfg.use_kl_loss:
+            if "ref_log_prob" not in b:
+                raise ValueError("actor.use_kl_loss=True needs ref_log_prob in the batch (compute_ref_log_prob)")
+            kld = core_algos.kl_penalty(log_prob, b["ref_log_prob"].to(self.device), cfg.kl_loss_type)
+            kl_loss = core_algos.agg_loss(kld, mask, cfg.loss_agg_mode)
+            metrics["actor/kl_loss"] = kl_loss.item()
+        loss = core_algos.combine_actor_loss(pg_loss, entropy_loss, cfg.entropy_coeff, kl_loss, cfg.kl_loss_coef)
+        return loss, metrics
+
+    def update_policy(self, data: DataProto) -> dict[str, float]:
+        """ppo_epochs passes of mini-batch optimizer steps; one scheduler step per call. Returns rank metrics."""
+        if self.optimizer is None:
+            raise RuntimeError("this actor has no optimizer (a reference model cannot be updated)")
+        cfg = self.cfg
+        temperature = float(data.meta_info.get("temperature", 1.0))
+        world = dist_world_size()
+        mini_size = cfg.ppo_mini_batch_size * self.rollout_n // world
+        on_policy = "old_log_probs" not in data.batch
+        if on_policy and (cfg.ppo_epochs != 1 or min(mini_size, len(data)) != len(data)):
+            raise ValueError("the batch has no old_log_probs: run compute_log_prob first (the on-policy shortcut "
+                             "needs actor.ppo_epochs=1 and ppo_mini_batch_size equal to data.train_batch_size)")
+        self.module.train()
+        sums: dict[str, float] = defaultdict(float)
+        grad_norms: list[float] = []
+        n_mini = 0
+        for mini in minibatches(data, mini_size, cfg.ppo_epochs, cfg.shuffle, seed=self._updates):
+            scaled = micro_scales(mini, cfg.ppo_micro_batch_size_per_gpu, cfg.loss_agg_mode,
+                                  "response_mask" if "response_mask" in mini.batch else "attention_mask", self.device)
+            for i, (micro, scale) in enumerate(scaled):
+                if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2: reduce grads once per mini-batch
+                    self.module.set_requires_gradient_sync(i == len(scaled) - 1)
+                loss, metrics = self._micro_loss(micro, temperature)
+                (loss * scale).backward()
+                for k, v in metrics.items():
+                    sums[k] += v * scale
+            grad_norms.append(self._step())
+            n_mini += 1
+        out = {k: v / n_mini for k, v in sums.items()}
+        out["actor/grad_norm"] = sum(grad_norms) / len(grad_norms)
+        if cfg.use_kl_loss:
+            out["actor/kl_coef"] = cfg.kl_loss_coef
+        if self.scheduler is not None:
+            out["actor/lr"] = self.scheduler.get_last_lr()[0]
+            self.scheduler.step()
+        self._updates += 1
+        return out
+
+    def _step(self) -> float:
+        """Clip, step (skipped on a non-finite norm, as in verl), zero grads; returns the pre-clip norm."""
+        grad_norm = clip_grad_norm(self.module, self.cfg.grad_clip)
+        if torch.isfinite(torch.tensor(grad_norm)):
+            self.optimizer.step()
+        else:
+            logger.warning("grad norm is %s: skipping this optimizer step", grad_norm)
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm

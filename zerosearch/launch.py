@@ -1,0 +1,272 @@
+"""The train scripts' command line: `bash train_grpo.sh KEY VALUE ... [a.b=c ...]`.
+
+Accepts the original ZeroSearch command lines unchanged, but by key instead of position: any order,
+every key optional with a default (embedded model, embedded world, prompted simulator, CPU when there
+is no GPU), unknown keys and missing values rejected (exit 2) with the list of valid keys, and anything
+of the form `a.b=c` passed through to Hydra. When the search mode is a simulation and nothing answers
+at IP:PORT, a local simulation model is served for the run and stopped on exit (Ctrl-C included).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger("zerosearch.launch")
+
+ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_DATA = "data/embedded"
+SIM_MODES = ("simulate_prompt", "simulate_sft")
+
+# key -> (default, help). Defaults are the embedded CPU setup; GPU users pass the original values.
+KEYS: dict[str, tuple[str, str]] = {
+    # the original ZeroSearch keys
+    "NUM_GPUS_PER_NODE": ("auto", "workers per node (GPUs; on CPU: processes, auto = 1)"),
+    "MODEL_PATH": ("embedded", "policy model: HF dir, hub id, or 'embedded'"),
+    "DATA_PATH": (EMBEDDED_DATA, "dir with train.parquet and test.parquet"),
+    "TOTAL_STEPS": ("auto", "training steps (auto: 203 on GPU as the original, 20 on CPU)"),
+    "IP": ("127.0.0.1", "simulation server IP(s), comma-separated for load balancing"),
+    "SEARCH_MODE": ("simulate_prompt", "simulate_prompt | simulate_sft | google | wiki | local"),
+    "SIMULATION_LLM": ("embedded", "simulation model: served name, or a local dir / 'embedded' to serve"),
+    "START_THRESHOLD": ("0.0", "noise probability at step 0"),
+    "END_THRESHOLD": ("0.5", "noise probability at the last step"),
+    "SEARCH_ENGINE": ("auto", "validation engine: local | wiki | google (auto: local BM25 on the embedded world)"),
+    "MAX_TURNS": ("2", "search turns before the final answer turn"),
+    "TOPK": ("3", "documents per search"),
+    # ours
+    "PORT": ("6001", "simulation server port"),
+    "EXPERIMENT_NAME": ("auto", "run name (auto: like the original's)"),
+    "WANDB_PROJECT": ("zerosearch", "W&B project (offline without WANDB_API_KEY)"),
+    "SAVE_FREQ": ("auto", "checkpoint every N steps and at the end (auto: at the end; -1: never)"),
+    "TEST_FREQ": ("auto", "validate every N steps and at the end (auto: at the end; -1: never)"),
+    "VAL_BEFORE_TRAIN": ("true", "validate before the first step"),
+    "DEVICE": ("auto", "auto | cpu | cuda"),
+    "ROLLOUT": ("vllm", "rollout engine: vllm | hf"),
+    "TRAIN_BATCH_SIZE": ("auto", "prompts per step"),
+    "ROLLOUT_N": ("auto", "samples per prompt"),
+    "LR": ("auto", "actor learning rate"),
+    "LOGGER": ("console,jsonl,wandb", "comma list of console, jsonl, wandb"),
+    "CHECKPOINT_DIR": ("auto", "checkpoint root (auto: checkpoints/<project>/<experiment>)"),
+    "CORPUS_PATH": ("auto", "corpus JSONL for the local BM25 engine (auto: DATA_PATH/corpus.jsonl)"),
+    "RETRIEVER_URL": ("http://127.0.0.1:8000", "wiki retriever server"),
+    "DRY_RUN": ("false", "print the trainer command and exit"),
+}
+
+ALGOS: dict[str, list[str]] = {
+    # the original scripts: GRPO / REINFORCE with a low-variance KL loss of 0.001; PPO with a critic and KL in reward
+    "grpo": ["algorithm.adv_estimator=grpo", "actor_rollout_ref.actor.use_kl_loss=true",
+             "actor_rollout_ref.actor.kl_loss_coef=0.001", "actor_rollout_ref.actor.kl_loss_type=low_var_kl"],
+    "reinforce": ["algorithm.adv_estimator=reinforce", "actor_rollout_ref.actor.use_kl_loss=true",
+                  "actor_rollout_ref.actor.kl_loss_coef=0.001", "actor_rollout_ref.actor.kl_loss_type=low_var_kl"],
+    "ppo": ["algorithm.adv_estimator=gae", "algorithm.use_kl_in_reward=true", "algorithm.kl_ctrl.kl_coef=0.001",
+            "actor_rollout_ref.actor.use_kl_loss=false"],
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+@dataclass
+class Launch:
+    algo: str
+    values: dict[str, str]
+    passthrough: list[str] = field(default_factory=list)
+
+
+def usage(algo: str) -> str:
+    lines = [f"usage: bash train_{algo}.sh [KEY VALUE]... [hydra.key=value]...", "valid keys:"]
+    lines += [f"  {k:<18} default {v[0]!r:<24} {v[1]}" for k, v in KEYS.items()]
+    return "\n".join(lines)
+
+
+def parse_args(algo: str, argv: list[str]) -> Launch:
+    if algo not in ALGOS:
+        raise UsageError(f"unknown algorithm {algo!r}; valid: {', '.join(ALGOS)}")
+    values, passthrough, i = {}, [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if "=" in tok and not tok.startswith("="):
+            passthrough.append(tok)
+            i += 1
+            continue
+        if tok in ("-h", "--help"):
+            raise UsageError("help")
+        if tok not in KEYS:
+            raise UsageError(f"unknown key {tok!r}")
+        if i + 1 >= len(argv) or argv[i + 1] in KEYS:
+            raise UsageError(f"key {tok} has no value")
+        values[tok] = argv[i + 1]
+        i += 2
+    merged = {k: values.get(k, v[0]) for k, v in KEYS.items()}
+    return Launch(algo, merged, passthrough)
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return max(torch.cuda.device_count(), 1)
+
+
+def _num(v: dict[str, str], key: str, kind: type) -> None:
+    try:
+        kind(v[key])
+    except ValueError:
+        raise UsageError(f"{key} expects {'an integer' if kind is int else 'a number'}, got {v[key]!r}") from None
+
+
+def _model_name(path: str) -> str:
+    return "smollm2-135m" if path.startswith("embedded") else Path(path.rstrip("/")).name
+
+
+def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
+    """KEY VALUE settings -> Hydra overrides for `verl.trainer.main_ppo --config-name zerosearch`."""
+    v = dict(launch.values)
+    gpu = _has_gpu() if gpu is None else gpu
+    if v["DEVICE"] == "auto":
+        v["DEVICE"] = "cuda" if gpu else "cpu"
+    cpu = v["DEVICE"] == "cpu"
+    auto = {
+        "NUM_GPUS_PER_NODE": "1" if cpu else str(_gpu_count()),
+        "TOTAL_STEPS": "20" if cpu else "203",
+        "TRAIN_BATCH_SIZE": "8" if cpu else "512",
+        "ROLLOUT_N": "4" if cpu else "5",
+        "LR": "2e-6" if cpu else "1e-6",
+    }
+    for k, default in auto.items():
+        if v[k] == "auto":
+            v[k] = default
+    for k in ("SAVE_FREQ", "TEST_FREQ"):
+        if v[k] == "auto":
+            v[k] = v["TOTAL_STEPS"]
+    for k in ("NUM_GPUS_PER_NODE", "TOTAL_STEPS", "SAVE_FREQ", "TEST_FREQ", "TRAIN_BATCH_SIZE", "ROLLOUT_N",
+              "MAX_TURNS", "TOPK", "PORT"):
+        _num(v, k, int)
+    for k in ("START_THRESHOLD", "END_THRESHOLD", "LR"):
+        _num(v, k, float)
+    if launch.algo == "ppo" and launch.values["ROLLOUT_N"] == "auto":
+        v["ROLLOUT_N"] = "1"
+    data = v["DATA_PATH"].rstrip("/")
+    search_engine = v["SEARCH_ENGINE"]
+    if search_engine == "auto":
+        search_engine = "local" if Path(data).resolve() == (ROOT / EMBEDDED_DATA).resolve() or \
+            (Path(data) / "corpus.jsonl").exists() else "google"
+    corpus = v["CORPUS_PATH"] if v["CORPUS_PATH"] != "auto" else f"{data}/corpus.jsonl"
+    name = v["EXPERIMENT_NAME"]
+    if name == "auto":  # like the original's <model>_<algo>_<search mode>_<simulator>_<start>_<end>
+        name = "_".join([_model_name(v["MODEL_PATH"]), launch.algo, v["SEARCH_MODE"],
+                         _model_name(v["SIMULATION_LLM"]), v["START_THRESHOLD"], v["END_THRESHOLD"]])
+    ov = [
+        f"trainer.device={v['DEVICE']}",
+        f"trainer.n_gpus_per_node={int(v['NUM_GPUS_PER_NODE'])}",
+        f"trainer.total_training_steps={int(v['TOTAL_STEPS'])}",
+        f"trainer.project_name={v['WANDB_PROJECT']}",
+        f"trainer.experiment_name={name}",
+        f"trainer.save_freq={int(v['SAVE_FREQ'])}",
+        f"trainer.test_freq={int(v['TEST_FREQ'])}",
+        f"trainer.val_before_train={v['VAL_BEFORE_TRAIN'].lower()}",
+        f"trainer.logger=[{v['LOGGER']}]",
+        f"actor_rollout_ref.model.path={v['MODEL_PATH']}",
+        f"critic.model.path={v['MODEL_PATH']}",
+        f"actor_rollout_ref.rollout.name={v['ROLLOUT']}",
+        f"actor_rollout_ref.rollout.n={int(v['ROLLOUT_N'])}",
+        f"actor_rollout_ref.actor.optim.lr={float(v['LR'])}",
+        f"data.train_batch_size={int(v['TRAIN_BATCH_SIZE'])}",
+        f"data.train_files=[{data}/train.parquet]",
+        f"data.val_files=[{data}/test.parquet]",
+        f"search.mode={v['SEARCH_MODE']}",
+        f"search.val_mode={search_engine}",
+        f"search.simulation_llm={v['SIMULATION_LLM']}",
+        f"search.ips=[{v['IP']}]",
+        f"search.port={int(v['PORT'])}",
+        f"search.start_threshold={float(v['START_THRESHOLD'])}",
+        f"search.end_threshold={float(v['END_THRESHOLD'])}",
+        f"search.max_turns={int(v['MAX_TURNS'])}",
+        f"search.topk={int(v['TOPK'])}",
+        f"search.corpus_path={corpus}",
+        f"search.retriever_url={v['RETRIEVER_URL']}",
+    ]
+    if v["CHECKPOINT_DIR"] != "auto":
+        ov.append(f"trainer.default_local_dir={v['CHECKPOINT_DIR']}")
+    # The batch shape must stay divisible: mini-batch = whole batch (one update per step, as on CPU).
+    ov.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={int(v['TRAIN_BATCH_SIZE'])}")
+    return ALGOS[launch.algo] + ov + launch.passthrough
+
+
+def _simulator_needed(v: dict[str, str]) -> bool:
+    return v["SEARCH_MODE"] in SIM_MODES
+
+
+def _local_model(path: str) -> bool:
+    return path.startswith("embedded") or Path(path).is_dir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        print("usage: python -m zerosearch.launch ALGO [KEY VALUE]...", file=sys.stderr)
+        return 2
+    algo = argv.pop(0)
+    try:
+        launch = parse_args(algo, argv)
+        overrides = build_overrides(launch)
+    except (UsageError, ValueError) as e:
+        if str(e) != "help":
+            print(f"error: {e}", file=sys.stderr)
+        print(usage(algo if algo in ALGOS else "grpo"), file=sys.stderr)
+        return 0 if str(e) == "help" else 2
+    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "zerosearch", *overrides]
+    if launch.values["DRY_RUN"].lower() == "true":
+        print(" ".join(cmd))
+        return 0
+    if launch.values["DATA_PATH"].rstrip("/") == EMBEDDED_DATA and not (ROOT / EMBEDDED_DATA / "train.parquet").exists():
+        subprocess.run([sys.executable, "-m", "zerosearch.data.world", "--out", str(ROOT / EMBEDDED_DATA)], check=True)
+    server = None
+    try:
+        server = _ensure_simulator(launch.values)
+        proc = subprocess.Popen(cmd, cwd=ROOT)
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            return proc.wait()
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _ensure_simulator(v: dict[str, str]):
+    """Start a local simulation server when the mode needs one and none answers at IP:PORT."""
+    if not _simulator_needed(v):
+        return None
+    from zerosearch.search.server_launch import is_healthy, start_simulation_server
+
+    ips = [ip.strip() for ip in v["IP"].split(",") if ip.strip()]
+    port = int(v["PORT"])
+    if all(is_healthy(f"http://{ip}:{port}") for ip in ips):
+        return None
+    if not _local_model(v["SIMULATION_LLM"]) or any(ip not in ("127.0.0.1", "localhost") for ip in ips):
+        raise SystemExit(f"no simulation server answers at {v['IP']}:{port}; start one with "
+                         "scripts/launch_simulation_server.sh or set SIMULATION_LLM to a local model")
+    logger.info("no simulator at 127.0.0.1:%d: serving %s for this run", port, v["SIMULATION_LLM"])
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return start_simulation_server(v["SIMULATION_LLM"], port=port, served_name=v["SIMULATION_LLM"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

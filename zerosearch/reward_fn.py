@@ -1,0 +1,27 @@
+"""The trainer's reward component for search QA: `reward_fn.target=zerosearch.reward_fn:make_reward_fn`.
+
+Scores the decoded *response only* (`response_text`, never prompt + response) against the row's
+ground truth with `zerosearch.reward`, configured by the `reward` config section (metric f1|em|substring,
+format_penalty, format_reward, strict_format). Per-sample em / f1 / substring are returned under their
+own names, so validation reports all three per data_source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from verl.protocol import DataProto
+from zerosearch.reward import RewardConfig, score_batch
+
+
+def make_reward_fn(config, tokenizer=None, **_) -> Callable:
+    rcfg = RewardConfig.from_dict(getattr(config, "reward", None) or {})
+
+    def reward(batch: DataProto):
+        nt = batch.non_tensor_batch
+        gts = nt["ground_truth"] if "ground_truth" in nt else nt["golden_answers"]
+        scores, per = score_batch(list(nt["response_text"]), list(gts), list(nt["data_source"]), rcfg)
+        keep = ("score", "em", "f1", "substring", "format_ok", "has_answer")
+        return scores, [{k: float(p[k]) for k in keep if k in p} for p in per]
+
+    return reward

@@ -1,0 +1,162 @@
+"""Typed configuration of the search backends (the `search` section of the trainer config).
+
+`SearchConfig.from_any` turns a plain dict (Hydra's `search:` section, or the keys the train scripts map
+from `SEARCH_MODE`, `SIMULATION_LLM`, `IPS`, `TOPK`, ...) into a validated dataclass: unknown keys and
+wrong types fail with a message naming `search.<key>` and the valid keys; cross-field rules (a mode that
+needs a URL or a corpus) fail here too, before any rollout starts.
+
+Secrets: the SerpAPI key is read from the environment (`SER_API_KEY`, the original's name, or
+`SERPAPI_API_KEY`). A key put in the config is accepted but never shown in reprs or `to_dict()`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from verl.trainer.config import ConfigError, from_dict
+
+logger = logging.getLogger(__name__)
+
+MODES = ("simulate_prompt", "simulate_sft", "google", "wiki", "local")
+SIMULATED_MODES = ("simulate_prompt", "simulate_sft")
+SERPAPI_KEY_ENVS = ("SER_API_KEY", "SERPAPI_API_KEY")
+DEFAULT_CORPUS = "data/embedded/corpus.jsonl"
+
+
+@dataclass
+class SearchConfig:
+    mode: str = "simulate_prompt"  # simulate_prompt | simulate_sft | google | wiki | local
+    topk: int = 5  # documents per search (the caller may pass another k per call)
+    # --- simulation LLM (OpenAI-compatible chat-completions server: sglang or vLLM) ---
+    simulation_llm: str = "embedded"  # the served model name (`--served-model-name`)
+    ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])  # several: load-balanced; "a,b" accepted
+    port: int = 6001
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 384  # completion budget of one simulator call
+    per_document_noise: bool = False  # draw useful/noisy per document instead of per call
+    seed: int = 0  # RNG of the noise draws
+    # --- reliability, shared by every remote engine ---
+    timeout_s: float = 60.0  # per HTTP call
+    max_retries: int = 3  # extra attempts after the first, on timeouts / connection errors / 5xx
+    backoff_s: float = 0.5  # first retry delay; doubles on each retry
+    concurrency: int = 16  # simultaneous calls in flight
+    # --- google (SerpAPI) ---
+    serpapi_key: str | None = field(default=None, repr=False)  # prefer env SER_API_KEY / SERPAPI_API_KEY
+    serpapi_base_url: str | None = None  # override (or env SERPAPI_BASE_URL), e.g. a local test server
+    serp_params: dict = field(default_factory=dict)  # extra SerpAPI parameters (gl, hl, location, ...)
+    serp_answer_box: bool = False  # put the answer box / knowledge graph first when SerpAPI returns one
+    # --- wiki (Search-R1-style HTTP retriever) ---
+    retriever_url: str = "http://127.0.0.1:8000"
+    retrieval_batch_size: int = 64  # queries per POST /retrieve
+    # --- local (in-process BM25) ---
+    corpus_path: str = DEFAULT_CORPUS
+    index_dir: str | None = None  # where the BM25 index is cached; None: <cache>/bm25/<corpus hash>
+    # --- cache of real engines ---
+    use_cache: bool | None = None  # None: on for google and wiki, off otherwise
+    cache_path: str | None = None  # sqlite file; None: <cache>/search_cache.sqlite
+    max_doc_chars: int = 1000  # documents are cut to this many characters
+
+    def __post_init__(self) -> None:
+        self.ips = [ip.strip() for item in self.ips for ip in str(item).split(",") if ip.strip()]
+        self.validate()
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        need(self.mode in MODES, f"search.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        need(self.topk >= 1, f"search.topk must be >= 1, got {self.topk}")
+        need(self.timeout_s > 0, f"search.timeout_s must be > 0, got {self.timeout_s}")
+        need(self.max_retries >= 0, f"search.max_retries must be >= 0, got {self.max_retries}")
+        need(self.backoff_s >= 0, f"search.backoff_s must be >= 0, got {self.backoff_s}")
+        need(self.concurrency >= 1, f"search.concurrency must be >= 1, got {self.concurrency}")
+        need(self.max_doc_chars >= 16, f"search.max_doc_chars must be >= 16, got {self.max_doc_chars}")
+        need(self.retrieval_batch_size >= 1, "search.retrieval_batch_size must be >= 1")
+        if self.mode in SIMULATED_MODES:
+            need(bool(self.ips), "search.ips is empty: give the simulation server address(es), e.g. 127.0.0.1")
+            need(1 <= self.port <= 65535, f"search.port must be a TCP port, got {self.port}")
+            need(bool(self.simulation_llm), "search.simulation_llm is empty: give the server's served model name")
+            need(self.max_tokens >= 16, f"search.max_tokens must be >= 16, got {self.max_tokens}")
+            need(self.temperature >= 0, f"search.temperature must be >= 0, got {self.temperature}")
+            need(
+                not self.use_cache,
+                "search.use_cache=true with a simulated mode: simulated results are random draws "
+                "(useful/noisy) and must not be cached; set search.use_cache=null or false",
+            )
+        if self.mode == "wiki":
+            need(
+                self.retriever_url.startswith(("http://", "https://")),
+                f"search.retriever_url must be an http(s) URL, got {self.retriever_url!r}",
+            )
+
+    @property
+    def cache_enabled(self) -> bool:
+        if self.use_cache is None:
+            return self.mode in ("google", "wiki")
+        return bool(self.use_cache)
+
+    @property
+    def simulation_urls(self) -> list[str]:
+        return [ip if ip.startswith("http") else f"http://{ip}:{self.port}" for ip in self.ips]
+
+    def resolve_serpapi_key(self) -> str:
+        """The SerpAPI key: config value, else env SER_API_KEY, else SERPAPI_API_KEY."""
+        key = self.serpapi_key or next((os.environ[e] for e in SERPAPI_KEY_ENVS if os.environ.get(e)), "")
+        if not key:
+            raise ConfigError(
+                "search.mode=google needs a SerpAPI key: export SER_API_KEY=... (or SERPAPI_API_KEY=...)"
+            )
+        return key
+
+    def resolve_corpus_path(self) -> Path:
+        """The corpus JSONL: as given (relative to the working dir), else relative to the project root."""
+        path = Path(self.corpus_path).expanduser()
+        if not path.is_absolute() and not path.exists():
+            root_relative = Path(__file__).resolve().parents[2] / path
+            if root_relative.exists():
+                return root_relative
+        if not path.exists():
+            hint = (" (the embedded world's corpus: build it with the embedded data prep first)"
+                    if self.corpus_path == DEFAULT_CORPUS else "")
+            raise ConfigError(f"search.corpus_path {self.corpus_path!r} does not exist{hint}")
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for logging; the SerpAPI key is masked."""
+        d = dataclasses.asdict(self)
+        if d.get("serpapi_key"):
+            d["serpapi_key"] = "***"
+        return d
+
+    @classmethod
+    def from_any(cls, cfg: SearchConfig | dict | None) -> SearchConfig:
+        if isinstance(cfg, cls):
+            return cfg
+        if cfg is not None and not isinstance(cfg, dict):
+            if type(cfg).__name__ == "DictConfig":  # Hydra/OmegaConf section
+                from omegaconf import OmegaConf
+
+                cfg = OmegaConf.to_container(cfg, resolve=True)
+            else:
+                raise ConfigError(f"search config must be a mapping or SearchConfig, got {type(cfg).__name__}")
+        data = dict(cfg or {})
+        if isinstance(data.get("ips"), str):
+            data["ips"] = data["ips"].split(",")
+        if data.get("serpapi_key"):
+            logger.warning("search.serpapi_key is set in the config; prefer env SER_API_KEY (configs end up in logs)")
+        return from_dict(cls, data, prefix="search.")
+
+
+def mask_secret(text: str, secret: str | None) -> str:
+    """Replace every occurrence of `secret` in `text` (error messages carry request URLs) with ***."""
+    if secret:
+        text = text.replace(secret, "***")
+    return text

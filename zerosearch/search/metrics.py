@@ -1,0 +1,126 @@
+"""Search metrics and the retry policy shared by every remote engine.
+
+`SearchMetrics` accumulates one record per answered request (thread-safe) and `pop()` returns the
+`search/*` scalars logged each training step:
+  search/calls                requests answered (cache hits included)
+  search/cache_hits           answered from the persistent cache
+  search/failures             engine faults (ok=False, rendered "No information available")
+  search/latency_s            mean seconds per request that reached an engine (cache hits excluded)
+  search/noise_p              mean curriculum noise probability of the requests
+  search/noisy_frac           mean fraction of noisy documents the simulator was asked for
+  search/real_calls_avoided   simulated answers + cache hits: paid searches that did not happen
+
+`call_with_retries` is the one retry loop: bounded attempts with exponential backoff on transient errors
+(timeouts, connection errors, HTTP 5xx/429), immediate failure otherwise. The original client retried
+forever; here the caller turns the final exception into an empty `ok=False` result.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from zerosearch.search.base import SearchRequest, SearchResult
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class TransientError(Exception):
+    """A failure worth retrying (the engine may answer next time)."""
+
+
+class SearchMetrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.calls = self.cache_hits = self.failures = self.avoided = 0
+        self.latency_sum = 0.0
+        self.latency_n = 0
+        self.noise_p_sum = 0.0
+        self.noisy_sum = 0.0
+        self.noisy_n = 0
+
+    def record(
+        self,
+        request: SearchRequest,
+        result: SearchResult,
+        *,
+        simulated: bool = False,
+        noisy_fraction: float | None = None,
+    ) -> None:
+        with self._lock:
+            self.calls += 1
+            self.noise_p_sum += float(request.noise_p)
+            if result.cached:
+                self.cache_hits += 1
+                self.avoided += 1
+            else:
+                self.latency_sum += result.latency_s
+                self.latency_n += 1
+            if not result.ok:
+                self.failures += 1
+            elif simulated:
+                self.avoided += 1
+            if noisy_fraction is not None:
+                self.noisy_sum += noisy_fraction
+                self.noisy_n += 1
+
+    def pop(self) -> dict[str, float]:
+        """Metrics since the last pop; {} when nothing was searched."""
+        with self._lock:
+            if self.calls == 0:
+                return {}
+            out = {
+                "search/calls": float(self.calls),
+                "search/cache_hits": float(self.cache_hits),
+                "search/failures": float(self.failures),
+                "search/latency_s": self.latency_sum / max(self.latency_n, 1),
+                "search/noise_p": self.noise_p_sum / self.calls,
+                "search/real_calls_avoided": float(self.avoided),
+            }
+            if self.noisy_n:
+                out["search/noisy_frac"] = self.noisy_sum / self.noisy_n
+            self._reset()
+            return out
+
+
+def call_with_retries(
+    fn: Callable[[int], T],
+    *,
+    max_retries: int,
+    backoff_s: float,
+    what: str,
+    is_transient: Callable[[BaseException], bool] = lambda e: isinstance(e, TransientError),
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run `fn(attempt)` up to 1 + max_retries times; re-raise the last error.
+
+    Transient errors are retried after backoff_s * 2**attempt seconds; any other error is raised at once.
+    `fn` receives the attempt number (0-based), so a caller can fail over to another endpoint.
+    """
+    attempt = 0
+    while True:
+        try:
+            return fn(attempt)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if not is_transient(exc) or attempt >= max_retries:
+                raise
+            delay = backoff_s * (2**attempt)
+            logger.debug("%s: transient error (%s), retry %d/%d in %.2fs", what, exc, attempt + 1, max_retries, delay)
+            sleep(delay)
+            attempt += 1
+
+
+def blank_result() -> SearchResult:
+    """The answer to an empty query: no documents, not an engine fault."""
+    return SearchResult(docs=[], ok=True)
+
+
+def failed_result(latency_s: float = 0.0) -> SearchResult:
+    return SearchResult(docs=[], ok=False, latency_s=latency_s)

@@ -1,0 +1,99 @@
+"""`wiki` search: an HTTP retriever speaking Search-R1's `/retrieve` API (e.g. `zerosearch.retriever.server`
+over a Wikipedia dump, or Search-R1's own e5 retriever).
+
+Request `POST {retriever_url}/retrieve {"queries": [...], "topk": k, "return_scores": true}`, answer
+`{"result": [[{"document": {"id", "contents": "\\"Title\\"\\ntext"}, "score"}, ...], ...]}`. Queries go in
+batches of `retrieval_batch_size`; a batch that still fails after the retries gives `ok=False` results
+for its requests only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import httpx
+
+from zerosearch.retriever.index import split_contents
+from zerosearch.search.base import Doc, SearchRequest, SearchResult
+from zerosearch.search.config import SearchConfig
+from zerosearch.search.metrics import SearchMetrics, TransientError, blank_result, call_with_retries, failed_result
+
+logger = logging.getLogger(__name__)
+
+
+def docs_from_hits(hits: list, max_chars: int) -> list[Doc]:
+    """Search-R1 hits (`{"document": {...}, "score"}` or bare documents) -> Docs."""
+    docs = []
+    for hit in hits:
+        doc = hit.get("document", hit) if isinstance(hit, dict) else {}
+        if "contents" in doc:
+            title, text = split_contents(str(doc["contents"]))
+        else:
+            title, text = str(doc.get("title", "")), str(doc.get("text", ""))
+        if text:
+            docs.append(Doc(title=title, text=text[:max_chars]))
+    return docs
+
+
+class WikiBackend:
+    name = "wiki"
+
+    def __init__(self, cfg: SearchConfig) -> None:
+        self.cfg = cfg
+        self.url = cfg.retriever_url.rstrip("/") + "/retrieve"
+        self.metrics = SearchMetrics()
+        self._http = httpx.Client(timeout=httpx.Timeout(cfg.timeout_s))
+
+    @property
+    def cache_key(self) -> str:
+        return f"wiki:{self.cfg.retriever_url.rstrip('/')}"
+
+    def _post(self, queries: list[str], topk: int) -> list[list]:
+        try:
+            resp = self._http.post(self.url, json={"queries": queries, "topk": topk, "return_scores": True})
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise TransientError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise TransientError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:200]}")
+        if resp.status_code != 200:
+            raise RuntimeError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:300]}")
+        result = resp.json().get("result")
+        if not isinstance(result, list) or len(result) != len(queries):
+            raise RuntimeError(f"{self.url}: expected 'result' with {len(queries)} lists, got {resp.text[:200]}")
+        return result
+
+    def search(self, requests: list[SearchRequest], topk: int) -> list[SearchResult]:
+        if topk < 1:
+            raise ValueError(f"topk must be >= 1, got {topk}")
+        results = [blank_result() for _ in requests]
+        live = [i for i, r in enumerate(requests) if r.query.strip()]
+        bs = self.cfg.retrieval_batch_size
+        for start in range(0, len(live), bs):
+            batch = live[start:start + bs]
+            t0 = time.perf_counter()
+            try:
+                rows = call_with_retries(
+                    lambda attempt, b=batch: self._post([requests[i].query for i in b], topk),
+                    max_retries=self.cfg.max_retries,
+                    backoff_s=self.cfg.backoff_s,
+                    what="wiki retrieval",
+                )
+            except Exception as exc:  # noqa: BLE001 - engine faults become ok=False
+                logger.warning("wiki retrieval of %d queries failed: %s", len(batch), exc)
+                for i in batch:
+                    results[i] = failed_result((time.perf_counter() - t0) / len(batch))
+                continue
+            per_query = (time.perf_counter() - t0) / len(batch)
+            for i, hits in zip(batch, rows):
+                docs = docs_from_hits(hits if isinstance(hits, list) else [], self.cfg.max_doc_chars)[:topk]
+                results[i] = SearchResult(docs=docs, ok=True, latency_s=per_query)
+        for req, res in zip(requests, results):
+            self.metrics.record(req, res)
+        return results
+
+    def pop_metrics(self) -> dict[str, float]:
+        return self.metrics.pop()
+
+    def close(self) -> None:
+        self._http.close()
