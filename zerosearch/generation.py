@@ -109,21 +109,21 @@ class SearchRolloutManager:
         if pad is None:
             raise ValueError("the tokenizer has neither pad_token_id nor eos_token_id; set one")
         self.pad_token_id = int(pad)
-        max_model_len = getattr(engine, "max_model_len", None)
-        if max_model_len is not None and cfg.max_prompt_length + cfg.max_response_length > max_model_len:
-            raise ValueError(
-                f"data.max_prompt_length ({cfg.max_prompt_length}) + data.max_response_length "
-                f"({cfg.max_response_length}) exceeds the engine's max_model_len ({max_model_len}); lower them"
-            )
 
     # ------------------------------------------------------------------ public
     def run(self, batch: DataProto, params: SamplingParams, step: int = 0) -> DataProto:
         """Play every row of `batch` to its end; returns the rollout DataProto (row order preserved)."""
         if self.engine is None:
             raise ValueError("SearchRolloutManager has no engine: pass one or set manager.engine")
+        cfg = self.cfg
+        max_model_len = getattr(self.engine, "max_model_len", None)
+        if max_model_len is not None and cfg.max_prompt_length + cfg.max_response_length > max_model_len:
+            raise ValueError(
+                f"data.max_prompt_length ({cfg.max_prompt_length}) + data.max_response_length "
+                f"({cfg.max_response_length}) exceeds the engine's max_model_len ({max_model_len}); lower them"
+            )
         rows = self._init_rows(batch)
         noise_p = float(self.noise_schedule(step)) if self.noise_schedule is not None else 0.0
-        cfg = self.cfg
         for turn in range(cfg.max_turns):
             active = self._active(rows)
             if not active:

@@ -14,6 +14,7 @@ on first use, with noise_p = 0. `backend=` / `val_backend=` kwargs inject ready-
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -75,8 +76,7 @@ def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = No
         "topk": train_search.topk,
         **gen_keys,
     })
-    val_gen_cfg = GenerationConfig.from_dict({**gen_keys, **{k: getattr(gen_cfg, k) for k in (
-        "max_prompt_length", "max_response_length", "max_obs_length")}, "topk": val_search.topk})
+    val_gen_cfg = dataclasses.replace(gen_cfg, topk=val_search.topk)
 
     schedule = None
     if train_search.mode in SIMULATED_MODES:
@@ -92,10 +92,11 @@ def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = No
 
     def rollout(batch: DataProto, engine: RolloutEngine, params: SamplingParams, step: int,
                 validate: bool = False) -> DataProto:
+        validate = bool(validate)
         if validate not in managers:
             managers[True] = SearchRolloutManager(None, tokenizer, val_backend or build_search_backend(val_search),
                                                   val_gen_cfg, None)
-        manager = managers[bool(validate)]
+        manager = managers[validate]
         manager.engine = engine
         return manager.run(batch, params, step)
 

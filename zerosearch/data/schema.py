@@ -12,7 +12,8 @@ Columns (one row per question):
 
 `check_dataframe` / `check_parquet` raise `SchemaError` (a ValueError) naming the file, the column, what
 was expected, what was found and at which row. The variants real files have are accepted: pyarrow hands
-lists back as numpy arrays (golden_answers, target, prompt as an array of dicts) and ints as numpy ints.
+lists back as numpy arrays (golden_answers, target, prompt as an array of dicts), ints as numpy ints, and
+an int field holding nulls as floats (integral floats are accepted as indices).
 `write_parquet` writes rows with a fixed arrow schema (no pandas index metadata), so identical rows give
 byte-identical files.
 """
@@ -90,8 +91,8 @@ def _reward_model_problem(value: Any) -> str | None:
     gt = value.get("ground_truth")
     if not isinstance(gt, dict):
         return f"ground_truth is {_found(gt)} (expected a dict with key 'target')"
-    if "target" not in gt:
-        return "ground_truth has no key 'target'"
+    if gt.get("target") is None:  # parquet structs turn an absent key into a null field
+        return "ground_truth has no key 'target' (or it is null)"
     problem = _str_list_problem(gt["target"])
     return f"ground_truth.target is {problem}" if problem else None
 
@@ -102,6 +103,12 @@ def _extra_info_problem(value: Any) -> str | None:
     if "index" not in value or value["index"] is None:
         return "missing key 'index'"
     idx = value["index"]
+    if isinstance(idx, (float, np.floating)):
+        # pyarrow turns an int field with nulls into floats: accept integral values, report NaN as missing.
+        if np.isnan(idx):
+            return "missing key 'index' (NaN)"
+        if float(idx).is_integer():
+            return None
     if isinstance(idx, (bool, np.bool_)) or not isinstance(idx, (int, np.integer)):
         return f"index is {_found(idx)} (expected int)"
     return None
