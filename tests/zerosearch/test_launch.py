@@ -1,0 +1,96 @@
+"""The train scripts' command line: original ZeroSearch command lines by key, defaults, exit codes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from zerosearch.launch import KEYS, UsageError, build_overrides, parse_args
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# The original README's command line, with local paths.
+ORIGINAL = ("NUM_GPUS_PER_NODE 4 MODEL_PATH /models/Qwen2.5-3B DATA_PATH /data/ZeroSearch_dataset TOTAL_STEPS 203 "
+            "IP localhost SEARCH_MODE simulate_sft SIMULATION_LLM SearchSimulation_14B START_THRESHOLD 0 "
+            "END_THRESHOLD 0.5").split()
+
+
+def _ov(overrides):
+    return dict(o.split("=", 1) for o in overrides)
+
+
+def test_original_command_line_maps_to_overrides():
+    ov = _ov(build_overrides(parse_args("grpo", ORIGINAL), gpu=True))
+    assert ov["trainer.n_gpus_per_node"] == "4"
+    assert ov["trainer.device"] == "cuda"
+    assert ov["actor_rollout_ref.model.path"] == "/models/Qwen2.5-3B"
+    assert ov["data.train_files"] == "[/data/ZeroSearch_dataset/train.parquet]"
+    assert ov["data.val_files"] == "[/data/ZeroSearch_dataset/test.parquet]"
+    assert ov["trainer.total_training_steps"] == "203"
+    assert ov["search.ips"] == "[localhost]"
+    assert ov["search.mode"] == "simulate_sft"
+    assert ov["search.simulation_llm"] == "SearchSimulation_14B"
+    assert ov["search.start_threshold"] == "0.0" and ov["search.end_threshold"] == "0.5"
+    assert ov["algorithm.adv_estimator"] == "grpo"
+    assert ov["actor_rollout_ref.actor.kl_loss_type"] == "low_var_kl"
+    assert ov["trainer.experiment_name"] == "Qwen2.5-3B_grpo_simulate_sft_SearchSimulation_14B_0_0.5"
+
+
+def test_any_order_same_result():
+    pairs = [ORIGINAL[i:i + 2] for i in range(0, len(ORIGINAL), 2)]
+    shuffled = [tok for pair in reversed(pairs) for tok in pair]
+    assert build_overrides(parse_args("ppo", shuffled), gpu=True) == build_overrides(parse_args("ppo", ORIGINAL),
+                                                                                     gpu=True)
+
+
+def test_defaults_are_the_embedded_cpu_setup():
+    ov = _ov(build_overrides(parse_args("grpo", []), gpu=False))
+    assert ov["trainer.device"] == "cpu"
+    assert ov["actor_rollout_ref.model.path"] == "embedded"
+    assert ov["search.mode"] == "simulate_prompt"
+    assert ov["search.val_mode"] == "local"
+    assert ov["data.train_files"] == "[data/embedded/train.parquet]"
+
+
+def test_algorithms_follow_the_original_scripts():
+    ppo = _ov(build_overrides(parse_args("ppo", []), gpu=False))
+    assert ppo["algorithm.adv_estimator"] == "gae" and ppo["algorithm.use_kl_in_reward"] == "true"
+    assert ppo["actor_rollout_ref.rollout.n"] == "1"
+    rf = _ov(build_overrides(parse_args("reinforce", []), gpu=False))
+    assert rf["algorithm.adv_estimator"] == "reinforce" and rf["actor_rollout_ref.actor.use_kl_loss"] == "true"
+
+
+def test_hydra_overrides_pass_through_last():
+    ov = build_overrides(parse_args("grpo", ["TOPK", "5", "algorithm.gamma=0.9", "+foo.bar=1"]), gpu=False)
+    assert ov[-2:] == ["algorithm.gamma=0.9", "+foo.bar=1"]
+    assert "search.topk=5" in ov
+
+
+@pytest.mark.parametrize("argv, needle", [(["FOO", "1"], "unknown key 'FOO'"), (["TOPK"], "TOPK has no value"),
+                                          (["TOPK", "IP", "x"], "TOPK has no value")])
+def test_bad_arguments(argv, needle):
+    with pytest.raises(UsageError, match=needle):
+        parse_args("grpo", argv)
+
+
+def test_bad_number_names_the_key():
+    with pytest.raises(UsageError, match="TOTAL_STEPS expects an integer"):
+        build_overrides(parse_args("grpo", ["TOTAL_STEPS", "many"]), gpu=False)
+
+
+@pytest.mark.parametrize("script", ["train_grpo.sh", "train_ppo.sh", "train_reinforce.sh"])
+def test_script_unknown_key_exits_2_with_the_list(script):
+    r = subprocess.run(["bash", str(ROOT / script), "NOT_A_KEY", "1"], capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    assert r.returncode == 2
+    for key in KEYS:
+        assert key in r.stderr
+
+
+def test_script_dry_run_prints_the_trainer_command():
+    r = subprocess.run(["bash", str(ROOT / "train_grpo.sh"), *ORIGINAL, "DRY_RUN", "true"], capture_output=True,
+                       text=True, env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable})
+    assert r.returncode == 0, r.stderr
+    assert "verl.trainer.main_ppo --config-name zerosearch" in r.stdout
+    assert "search.mode=simulate_sft" in r.stdout
