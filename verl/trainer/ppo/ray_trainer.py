@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from verl.protocol import DataProto
+from verl.single_controller.ray_worker_group import reduce_metrics
 from verl.trainer.config import PPOConfig
 from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.components import WorkerGroupEngine
@@ -210,11 +211,11 @@ class RayPPOTrainer:
 
     def _update_critic(self, batch: DataProto, m: dict) -> None:
         data = self._forward_data(batch, ["values", "returns"])
-        m.update(self.critic_wg.dispatch_dp_metrics("update_critic", data))
+        m.update(reduce_metrics(self.critic_wg.dispatch_dp_exact("update_critic", data)))
 
     def _update_actor(self, batch: DataProto, m: dict) -> None:
         data = self._forward_data(batch, ["old_log_probs", "advantages", "ref_log_prob"])
-        m.update(self.actor_wg.dispatch_dp_metrics("update_actor", data))
+        m.update(reduce_metrics(self.actor_wg.dispatch_dp_exact("update_actor", data)))
 
     def _sync_weights(self, m: dict) -> None:
         secs = self.actor_wg.execute_all("sync_rollout_weights")
