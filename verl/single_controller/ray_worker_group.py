@@ -68,6 +68,10 @@ def _check_resources(world_size: int, device: str, cpus_per_worker: float, gpus_
     if need > have + 1e-9:
         raise ValueError(f"worker group {name!r} needs {need:g} {key} ({world_size} workers) but the Ray cluster has "
                          f"{have:g}: {hint}")
+    free = ray.available_resources().get(key, 0.0)
+    if need > free + 1e-9:
+        raise ValueError(f"worker group {name!r} needs {need:g} {key} ({world_size} workers) but only {free:g} of the "
+                         f"cluster's {have:g} are free (other worker groups hold the rest): {hint}")
 
 
 class RayWorkerGroup:

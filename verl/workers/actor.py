@@ -36,6 +36,8 @@ from verl.workers.fsdp_utils import clip_grad_norm, trim_padding
 
 logger = logging.getLogger(__name__)
 
+TOKEN_MEAN_METRICS = ("actor/pg_clipfrac", "actor/pg_clipfrac_lower", "actor/ppo_kl")  # token means in every mode
+
 
 def dist_world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
@@ -66,16 +68,21 @@ def minibatches(data: DataProto, mini_size: int, epochs: int, shuffle: bool, see
 
 
 def micro_scales(mini: DataProto, micro_size: int, loss_agg_mode: str, mask_key: str,
-                 device: torch.device) -> list[tuple[DataProto, float]]:
-    """Split a mini-batch into micro-batches, each with its loss scale (see the module docstring)."""
-    micros = mini.split(max(1, micro_size))
-    if loss_agg_mode == "token-mean":
-        total = global_sum(mini.batch[mask_key].sum().item(), device)
-        world = dist_world_size()
-        return [(m, m.batch[mask_key].sum().item() * world / total if total > 0 else 0.0) for m in micros]
+                 device: torch.device) -> list[tuple[DataProto, float, float]]:
+    """Split a mini-batch into micro-batches with (loss scale, token scale) each (see the module docstring).
+
+    The token scale weighs token-mean metrics (clip fractions, ppo_kl) whatever the loss_agg_mode."""
     if loss_agg_mode not in core_algos.LOSS_AGG_MODES:
         raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}; known: {list(core_algos.LOSS_AGG_MODES)}")
-    return [(m, len(m) / len(mini)) for m in micros]
+    micros = mini.split(max(1, micro_size))
+    total = global_sum(mini.batch[mask_key].sum().item(), device)
+    world = dist_world_size()
+    out = []
+    for m in micros:
+        token_scale = m.batch[mask_key].sum().item() * world / total if total > 0 else 0.0
+        loss_scale = token_scale if loss_agg_mode == "token-mean" else len(m) / len(mini)
+        out.append((m, loss_scale, token_scale))
+    return out
 
 
 def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -130,7 +137,8 @@ class DataParallelPPOActor:
         if kept < R:  # trimmed right padding scores 0
             log_probs = nn.functional.pad(log_probs, (0, R - kept))
             ent = nn.functional.pad(ent, (0, R - kept)) if ent is not None else None
-        return log_probs, ent
+        real = b["attention_mask"][:, -R:].to(self.device, log_probs.dtype)  # padding scores 0 in every micro-batch
+        return log_probs * real, (ent * real if ent is not None else None)
 
     @torch.no_grad()
     def compute_log_prob(self, data: DataProto, micro_batch_size: int, temperature: float = 1.0,
@@ -187,13 +195,13 @@ class DataParallelPPOActor:
         for mini in minibatches(data, mini_size, cfg.ppo_epochs, cfg.shuffle, seed=self._updates):
             scaled = micro_scales(mini, cfg.ppo_micro_batch_size_per_gpu, cfg.loss_agg_mode,
                                   "response_mask" if "response_mask" in mini.batch else "attention_mask", self.device)
-            for i, (micro, scale) in enumerate(scaled):
+            for i, (micro, scale, token_scale) in enumerate(scaled):
                 if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2: reduce grads once per mini-batch
                     self.module.set_requires_gradient_sync(i == len(scaled) - 1)
                 loss, metrics = self._micro_loss(micro, temperature)
                 (loss * scale).backward()
                 for k, v in metrics.items():
-                    sums[k] += v * scale
+                    sums[k] += v * (token_scale if k in TOKEN_MEAN_METRICS else scale)
             grad_norms.append(self._step())
             n_mini += 1
         out = {k: v / n_mini for k, v in sums.items()}

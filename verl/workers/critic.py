@@ -66,7 +66,7 @@ class DataParallelPPOCritic:
         for mini in minibatches(data, mini_size, cfg.ppo_epochs, False, seed=self._updates,
                                 key="critic.ppo_mini_batch_size"):
             scaled = micro_scales(mini, cfg.ppo_micro_batch_size_per_gpu, cfg.loss_agg_mode, mask_key, self.device)
-            for i, (micro, scale) in enumerate(scaled):
+            for i, (micro, scale, token_scale) in enumerate(scaled):
                 if hasattr(self.module, "set_requires_gradient_sync"):
                     self.module.set_requires_gradient_sync(i == len(scaled) - 1)
                 mask = response_mask_of(micro).to(self.device)
@@ -76,8 +76,8 @@ class DataParallelPPOCritic:
                     cfg.cliprange_value, cfg.loss_agg_mode)
                 (vf_loss * scale).backward()
                 sums["critic/vf_loss"] += vf_loss.item() * scale
-                sums["critic/vf_clipfrac"] += clipfrac.item() * scale
-                sums["critic/vpred_mean"] += core_algos.masked_mean(vpreds.detach(), mask).item() * scale
+                sums["critic/vf_clipfrac"] += clipfrac.item() * token_scale
+                sums["critic/vpred_mean"] += core_algos.masked_mean(vpreds.detach(), mask).item() * token_scale
             grad_norm = clip_grad_norm(self.module, cfg.grad_clip)
             if torch.isfinite(torch.tensor(grad_norm)):
                 self.optimizer.step()

@@ -1,9 +1,9 @@
 """Invented, pronounceable, unique names for the embedded world.
 
-Names are built from syllables (onset + vowel + optional coda) so that they read like place or family
-names but belong to no real entity a pretrained model could have memorised. The alphabet deliberately
-leaves out the letters q, x, z and j: the prompt's one-shot demonstration uses names with those letters
-(see `zerosearch.data.prompts`), so no world entity can ever collide with the demo entity.
+Names are built from open syllables (consonant + vowel) and an optional final consonant, so they
+read like place or family names but belong to no real entity a pretrained model could have memorised.
+The alphabet deliberately leaves out the letters q, x, z and j: the prompt's one-shot demonstration uses
+names with those letters (see `zerosearch.data.prompts`), so no world entity can ever collide with the demo entity.
 
 A `NameRegistry` hands out names and remembers every standalone token it gave (full names, surnames,
 single-word names), so no two entities share a name and a person's surname alias names nobody else.

@@ -87,7 +87,7 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
     return bm25s.tokenize(texts, stopwords="en", return_ids=False, show_progress=False)
 
 
-def _index_meta(corpus_path: str | Path, passages: list[Passage]) -> dict:
+def _index_meta(passages: list[Passage]) -> dict:
     return {"format": INDEX_FORMAT, "n_passages": len(passages)}
 
 
@@ -120,14 +120,14 @@ class BM25Index:
         index_dir.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(index_dir) + ".lock"):
             stamp = index_dir / "zerosearch_index.json"
-            if stamp.exists() and json.loads(stamp.read_text()) == _index_meta(corpus_path, passages):
+            if stamp.exists() and json.loads(stamp.read_text()) == _index_meta(passages):
                 logger.info("loading BM25 index of %s from %s", corpus_path, index_dir)
                 return cls(passages, bm25s.BM25.load(str(index_dir), show_progress=False))
             logger.info("building BM25 index over %d passages of %s", len(passages), corpus_path)
             index = cls.build(passages)
             tmp = Path(tempfile.mkdtemp(dir=index_dir.parent, prefix=index_dir.name + ".tmp"))
             index.retriever.save(str(tmp), show_progress=False)
-            (tmp / "zerosearch_index.json").write_text(json.dumps(_index_meta(corpus_path, passages)))
+            (tmp / "zerosearch_index.json").write_text(json.dumps(_index_meta(passages)))
             shutil.rmtree(index_dir, ignore_errors=True)
             tmp.rename(index_dir)
             return index

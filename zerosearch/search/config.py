@@ -63,7 +63,9 @@ class SearchConfig:
     max_doc_chars: int = 1000  # documents are cut to this many characters
 
     def __post_init__(self) -> None:
-        self.ips = [ip.strip() for item in self.ips for ip in str(item).split(",") if ip.strip()]
+        if isinstance(self.ips, str):
+            self.ips = [self.ips]
+        self.ips =  [ip.strip() for item in self.ips for ip in str(item).split(",") if ip.strip()]
         self.validate()
 
     # ------------------------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 Each organic result gives one document (`title`, `snippet`); with `serp_answer_box` the answer box or
 knowledge graph, when present, comes first. The key comes from env `SER_API_KEY` (the original's name) or
-`SERPAPI_API_KEY`; it is never logged: error texts (which carry request URLs) are masked and the backend's
-repr hides it. `serpapi_base_url` (or env `SERPAPI_BASE_URL`) points the client elsewhere, e.g. a local
-server answering in SerpAPI's JSON shape in tests. Calls run `concurrency` at a time, each with the
-shared bounded retry policy; a SerpAPI "no results" answer is an empty, successful result.
+`SERPAPI_API_KEY`; it is never logged: error texts (which carry request URLs) are masked, the backend's
+repr hides it, and a log filter masks it in urllib3's DEBUG lines. `serpapi_base_url` (or env
+`SERPAPI_BASE_URL`) points the client elsewhere, e.g. a local server answering in SerpAPI's JSON shape in
+tests. Calls run `concurrency` at a time, each with the shared bounded retry policy; a SerpAPI
+"no results" answer is an empty, successful result.
 """
 
 from __future__ import annotations
@@ -43,6 +44,23 @@ def docs_from_serp(data: dict, topk: int, answer_box: bool, max_chars: int) -> l
     return docs[:topk]
 
 
+class _MaskSecret(logging.Filter):
+    """Masks the key in records of loggers that print request URLs (urllib3 at DEBUG level)."""
+
+    def __init__(self, secret: str) -> None:
+        super().__init__()
+        self.secret = secret
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if self.secret in msg:
+            record.msg, record.args = mask_secret(msg, self.secret), ()
+        return True
+
+
+URL_LOGGERS = ("urllib3.connectionpool",)
+
+
 class GoogleBackend:
     name = "google"
 
@@ -53,6 +71,9 @@ class GoogleBackend:
         self.metrics = SearchMetrics()
         self._local = threading.local()
         self._executor = ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="serpapi")
+        self._mask = _MaskSecret(self._key)
+        for name in URL_LOGGERS:
+            logging.getLogger(name).addFilter(self._mask)
 
     def __repr__(self) -> str:
         return f"GoogleBackend(base_url={self.base_url or serpapi.Client.BASE_DOMAIN!r}, key=***)"
@@ -115,3 +136,5 @@ class GoogleBackend:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        for name in URL_LOGGERS:
+            logging.getLogger(name).removeFilter(self._mask)

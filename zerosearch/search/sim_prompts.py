@@ -43,7 +43,10 @@ _NOISY_TASK = (
     "result for the query, but none of them may contain or hint at the answer: write about related people, "
     "places or events, or give details that do not settle the question."
 )
-_LAYOUT = "Use exactly this layout, one document per line:\nDoc 1 (Title: <title>) <text>\nDoc 2 (Title: <title>) <text>"
+_LAYOUT = (
+    "Use exactly this layout, one document per line:\n"
+    "Doc 1 (Title: <title>) <text>\nDoc 2 (Title: <title>) <text>"
+)
 _EXAMPLE_USER = (
     "Query: capital city of Australia\n"
     "The searcher wants to answer: What is the capital of Australia?\n"
@@ -81,11 +84,12 @@ def prompt_messages(query: str, question: str, answers: list[str], kind: str, k:
     example_user = _EXAMPLE_USER.replace("Correct answer", "Answer to keep out of the documents") if noisy else (
         _EXAMPLE_USER
     )
+    about = _question_lines(question, answers, noisy=noisy)
     return [
         {"role": "system", "content": _SYSTEM},
         {"role": "user", "content": f"{example_user}{example_task}\n{_LAYOUT}"},
         {"role": "assistant", "content": _EXAMPLE_NOISY if noisy else _EXAMPLE_USEFUL},
-        {"role": "user", "content": f"Query: {query}\n{_question_lines(question, answers, noisy=noisy)}{task}\n{_LAYOUT}"},
+        {"role": "user", "content": f"Query: {query}\n{about}{task}\n{_LAYOUT}"},
     ]
 
 
@@ -119,7 +123,9 @@ def _one_line(s: str) -> str:
 # parsing
 
 _CHAT_JUNK = re.compile(r"<\|[^|>]{1,40}\|>|</?s>|```[a-z]*")
-_DOC_MARK = re.compile(r"^[ \t>*#_]*(?:doc(?:ument)?|passage|result|snippet)\s*#?\s*(\d+)\b[*_]*\s*[:.)\-–—]?", re.I | re.M)
+_DOC_MARK = re.compile(
+    r"^[ \t>*#_]*(?:doc(?:ument)?|passage|result|snippet)\s*#?\s*(\d+)\b[*_]*\s*[:.)\-–—]?", re.I | re.M
+)
 _NUM_MARK = re.compile(r"^[ \t>*#_]*(?:\[(\d+)\]|(\d+)[.)])[*_]*\s+", re.M)
 _TITLE_PAREN = re.compile(r"^[\s:\-]*\(\s*title\s*:\s*([^)\n]*)\)\s*", re.I)
 _TITLE_LINE = re.compile(r"^[\s:\-]*\**title\**\s*:\s*(.+?)\s*(?:\n|$)", re.I)

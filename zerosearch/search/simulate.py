@@ -7,8 +7,9 @@ searching rows, so after the first turn the simulator saw another sample's quest
 
 Noise: for each request, a seeded RNG draws "noisy" with probability `request.noise_p` (the curriculum),
 once per call or, with `per_document_noise`, once per document; a mixed draw costs one useful and one
-noisy call whose documents are interleaved in the drawn order. Draws happen in request order on the
-calling thread, so a seed fixes them regardless of network timing.
+noisy call whose documents are interleaved in the drawn order (`SearchResult.noisy` is True when any
+document was drawn noisy; the metric `search/noisy_frac` is the drawn fraction). Draws happen in request
+order on the calling thread, so a seed fixes them regardless of network timing.
 
 Transport: httpx, a thread pool of `concurrency` workers, several servers balanced by least in-flight
 calls (ties round-robin); per-call timeout; transient faults (timeouts, connection errors, 5xx, 429)

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from zerosearch.search import NO_INFORMATION, SearchRequest, build_search_backend, format_docs
+from zerosearch.search import NO_INFORMATION, SearchBackend, SearchRequest, build_search_backend, format_docs
 from zerosearch.search.simulate import EndpointPool
 
 
@@ -25,6 +25,7 @@ def _requests(n, noise_p=0.0):
 @pytest.mark.parametrize("mode", ["simulate_prompt", "simulate_sft"])
 def test_each_call_gets_its_own_question_and_answers(chat_server, mode):
     backend = _backend([chat_server.url], mode=mode)
+    assert isinstance(backend, SearchBackend) and backend.name == mode
     reqs = _requests(8)
     results = backend.search(reqs, topk=3)
     assert len(chat_server.requests) == 8

@@ -7,6 +7,7 @@ second group). One step is the list of named methods in `fit()`; each is timed a
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
@@ -106,6 +107,8 @@ class RayPPOTrainer:
     def _next_batch(self, m: dict) -> DataProto:
         idx, epoch = self.train_iter.next()
         m["train/epoch"] = float(epoch)
+        # which rows this step saw, as one number (resume tests compare it with an uninterrupted run)
+        m["data/batch_digest"] = float(int(hashlib.md5(str(idx).encode()).hexdigest()[:12], 16))
         return self._make_batch(self.train_ds, idx)
 
     def _make_batch(self, ds: PromptDataset, idx: list[int]) -> DataProto:

@@ -1,0 +1,123 @@
+"""HF rollout engine on the embedded model: greedy parity with `generate`, stops, n ordering, logprobs, weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from verl.workers.rollout import SamplingParams, build_rollout_engine
+from verl.workers.rollout.hf_rollout import HFRollout, sample_next_token
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_model_path) -> HFRollout:
+    eng = build_rollout_engine("hf", embedded_model_path, max_model_len=512, max_num_seqs=8)
+    yield eng
+    eng.close()
+
+
+def greedy(max_tokens: int = 24, **kw) -> SamplingParams:
+    return SamplingParams(temperature=0.0, max_tokens=max_tokens, **kw)
+
+
+def test_unknown_engine_name_is_rejected(embedded_model_path):
+    with pytest.raises(ValueError, match=r"actor_rollout_ref\.rollout\.name.*'hf', 'vllm'"):
+        build_rollout_engine("sglang", embedded_model_path, max_model_len=128)
+
+
+def test_greedy_batch_matches_unpadded_hf_generate(engine, chat_prompts):
+    outs = engine.generate(chat_prompts, greedy(24))
+    assert len(outs) == len(chat_prompts)
+    for prompt, out in zip(chat_prompts, outs):
+        ref = engine.model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False)[0, len(prompt) :]
+        assert out.token_ids == ref.tolist()
+    assert [o.token_ids for o in engine.generate(chat_prompts, greedy(24))] == [o.token_ids for o in outs]
+
+
+def test_eos_is_kept_and_finish_reasons(engine, chat_prompts, tokenizer):
+    outs = engine.generate(chat_prompts, greedy(60))
+    france = outs[1]  # "The capital of France is Paris.<|im_end|>"
+    assert france.token_ids[-1] == tokenizer.eos_token_id
+    assert (france.finish_reason, france.stop_reason) == ("stop", None)
+    assert tokenizer.eos_token_id not in france.token_ids[:-1]
+    short = engine.generate(chat_prompts[:1], greedy(5))[0]
+    assert len(short.token_ids) == 5 and short.finish_reason == "length" and short.stop_reason is None
+
+
+@pytest.mark.parametrize("stop", [["."], ["Paris", " is"]])
+def test_stop_strings_end_each_row_exactly(engine, chat_prompts, tokenizer, stop):
+    free = engine.generate(chat_prompts, greedy(40))
+    outs = engine.generate(chat_prompts, greedy(40, stop=stop))
+    stopped = 0
+    for full, out in zip(free, outs):
+        assert full.token_ids[: len(out.token_ids)] == out.token_ids  # same greedy path, cut short
+        if out.stop_reason is None:
+            continue
+        stopped += 1
+        text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        before = tokenizer.decode(out.token_ids[:-1], skip_special_tokens=True)
+        assert out.stop_reason in text and not any(s in before for s in stop)  # nothing generated past it
+        assert out.finish_reason == "stop"
+    assert stopped >= 2
+    if stop == ["."]:
+        assert {len(o.token_ids) for o in outs} != {len(outs[0].token_ids)}  # rows stop at different steps
+
+
+def test_n_samples_are_prompt_major(engine, chat_prompts):
+    outs = engine.generate(chat_prompts[:2], greedy(8, n=3))
+    singles = engine.generate(chat_prompts[:2], greedy(8))
+    assert [o.token_ids for o in outs] == [singles[0].token_ids] * 3 + [singles[1].token_ids] * 3
+    sampled = engine.generate(chat_prompts[:2], SamplingParams(n=4, max_tokens=12, seed=7))
+    again = engine.generate(chat_prompts[:2], SamplingParams(n=4, max_tokens=12, seed=7))
+    assert [o.token_ids for o in sampled] == [o.token_ids for o in again]
+    assert len({tuple(o.token_ids) for o in sampled[:4]}) > 1
+
+
+def test_logprobs_are_raw_model_logprobs(engine, chat_prompts, reference_logprobs):
+    for params in (greedy(10, logprobs=True), SamplingParams(temperature=0.7, top_k=20, max_tokens=10, logprobs=True,
+                                                               seed=1)):
+        out = engine.generate(chat_prompts[:1], params)[0]
+        ref = reference_logprobs(engine.model, chat_prompts[0] + out.token_ids)[len(chat_prompts[0]) - 1 :]
+        assert len(out.logprobs) == len(out.token_ids)
+        torch.testing.assert_close(torch.tensor(out.logprobs), ref, atol=1e-4, rtol=0)
+
+
+def test_sampler_top_k_and_top_p_restrict_support():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(400, 1)
+    g = torch.Generator().manual_seed(0)
+    top2 = sample_next_token(logits, SamplingParams(top_k=2), g)
+    assert set(top2.tolist()) == {0, 1}
+    probs = logits[0].softmax(-1)  # 0.64, 0.24, ...: top_p=0.8 keeps the first two tokens
+    top_p = sample_next_token(logits, SamplingParams(top_p=0.8), g)
+    assert set(top_p.tolist()) == {0, 1} and probs[0] < 0.8 < probs[:2].sum()
+    assert set(sample_next_token(logits, SamplingParams(top_p=0.5), g).tolist()) == {0}
+    assert sample_next_token(logits, SamplingParams(temperature=0.0), g).eq(0).all()
+
+
+def test_update_weights_changes_and_restores_outputs(engine, chat_prompts, perturb):
+    original = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    before = engine.generate(chat_prompts, greedy(16, logprobs=True))
+    try:
+        noisy = perturb(engine.model, scale=0.5)
+        engine.update_weights(noisy)
+        embed = engine.model.get_input_embeddings().weight
+        torch.testing.assert_close(embed, noisy["model.embed_tokens.weight"])
+        assert engine.model.get_output_embeddings().weight.data_ptr() == embed.data_ptr()  # still tied
+        after = engine.generate(chat_prompts, greedy(16, logprobs=True))
+        assert [o.token_ids for o in after] != [o.token_ids for o in before]
+        with pytest.raises(ValueError, match="unexpected"):
+            engine.update_weights({**noisy, "model.extra.weight": torch.zeros(1)})
+    finally:
+        engine.update_weights(original)
+    restored = engine.generate(chat_prompts, greedy(16, logprobs=True))
+    assert [o.token_ids for o in restored] == [o.token_ids for o in before]
+    assert [o.logprobs for o in restored] == [o.logprobs for o in before]
+
+
+def test_bad_inputs_name_the_problem(engine, chat_prompts):
+    with pytest.raises(ValueError, match="max_model_len"):
+        engine.generate([[1] * 600], greedy(4))
+    with pytest.raises(ValueError, match="empty"):
+        engine.generate([[]], greedy(4))
+    with pytest.raises(ValueError, match="temperature"):
+        engine.generate(chat_prompts, SamplingParams(temperature=-1.0))

@@ -1,0 +1,162 @@
+"""DataParallelPPOActor on a real FSDP2-sharded embedded model (1-rank gloo group in this process).
+
+Invariances: micro-batch 1 x accumulation 4 == micro-batch 4 x accumulation 1 for every loss_agg_mode;
+observation tokens (response_mask 0) carry no loss; the KL loss pulls the policy toward the reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+from verl.protocol import DataProto
+from verl.single_controller.dist import init_dist
+from verl.trainer.config import ActorConfig, OptimConfig
+from verl.trainer.ppo import core_algos
+from verl.workers.actor import DataParallelPPOActor
+from verl.workers.fsdp_utils import apply_fsdp2, build_lr_scheduler, build_optimizer, full_state_dict, load_hf_model
+
+P, R, B = 16, 16, 4
+
+
+def make_batch(seed: int = 0, batch: int = B) -> DataProto:
+    """Left-padded prompts, right-padded responses of different lengths, an observation span in row 1."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = torch.randint(10, 5000, (batch, P), generator=g)
+    responses = torch.randint(10, 5000, (batch, R), generator=g)
+    attn = torch.ones(batch, P + R, dtype=torch.long)
+    for i in range(batch):
+        attn[i, : (3 * i) % 7] = 0  # left padding of the prompt
+        resp_len = [R, 5, 11, 2, 9, 16, 7, 13][i % 8]
+        attn[i, P + resp_len:] = 0  # right padding of the response
+    prompts[attn[:, :P] == 0] = 2
+    responses[attn[:, P:] == 0] = 2
+    response_mask = attn[:, P:].clone()
+    response_mask[0, 4:9] = 0  # an <information> block: attended, but not the policy's tokens
+    return DataProto.from_dict({
+        "prompts": prompts, "responses": responses, "input_ids": torch.cat([prompts, responses], 1),
+        "attention_mask": attn, "position_ids": (attn.cumsum(-1) - 1).clamp(min=0), "response_mask": response_mask,
+        "advantages": torch.randn(batch, R, generator=g) * response_mask,
+    })
+
+
+@pytest.fixture(scope="module")
+def model(embedded_model_path):
+    torch.set_num_threads(1)
+    init_dist("cpu")
+    module = apply_fsdp2(load_hf_model(embedded_model_path), "cpu", 1)
+    initial = full_state_dict(module)
+    module.initial_state = initial
+    return module
+
+
+def fresh_actor(model, **overrides) -> DataParallelPPOActor:
+    """The module reset to the initial weights, with a new optimizer (lr 1e-5, no warmup) and config."""
+    set_model_state_dict(model, model.initial_state, options=StateDictOptions(full_state_dict=True))
+    cfg = dataclasses.replace(ActorConfig(ppo_mini_batch_size=B, ppo_micro_batch_size_per_gpu=B,
+                                          optim=OptimConfig(lr=1e-5)), **overrides)
+    opt = build_optimizer(model, cfg.optim)
+    return DataParallelPPOActor(model, opt, build_lr_scheduler(opt, cfg.optim, 10), cfg)
+
+
+def with_old_log_probs(actor: DataParallelPPOActor, data: DataProto) -> DataProto:
+    lp, _ = actor.compute_log_prob(data, micro_batch_size=B)
+    data.batch["old_log_probs"] = lp + 0.05 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(1))
+    return data
+
+
+def test_log_prob_matches_untrimmed_forward(model) -> None:
+    actor = fresh_actor(model)
+    data = make_batch()
+    temperature = 0.7
+    lp, ent = actor.compute_log_prob(data, micro_batch_size=3, temperature=temperature, calculate_entropy=True)
+    assert lp.shape == ent.shape == (B, R)
+    b = data.batch
+    with torch.no_grad():
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                       position_ids=b["position_ids"]).logits[:, P - 1:-1] / temperature
+    ref_lp = torch.log_softmax(logits, -1).gather(-1, b["responses"].unsqueeze(-1)).squeeze(-1)
+    ref_ent = -(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum(-1)
+    real = b["attention_mask"][:, P:].bool()
+    torch.testing.assert_close(lp[real], ref_lp[real], atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(ent[real], ref_ent[real], atol=1e-3, rtol=1e-3)
+    assert torch.isfinite(lp).all() and (lp[~real] == 0).all()
+
+
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+def test_micro_batch_invariance(model, mode: str) -> None:
+    results = []
+    for micro in (1, B):
+        actor = fresh_actor(model, ppo_micro_batch_size_per_gpu=micro, loss_agg_mode=mode)
+        data = with_old_log_probs(actor, make_batch())
+        results.append(actor.update_policy(data))
+    one, four = results
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy"):
+        assert one[key] == pytest.approx(four[key], rel=1e-4, abs=2e-5), key
+
+
+def test_observation_tokens_carry_no_loss(model) -> None:
+    base = make_batch()
+    results = []
+    for variant in range(2):
+        actor = fresh_actor(model, ppo_micro_batch_size_per_gpu=2)
+        data = with_old_log_probs(actor, make_batch())
+        if variant:  # change labels, advantages and old log-probs where response_mask is 0 (inputs unchanged)
+            masked = base.batch["response_mask"] == 0
+            data.batch["responses"] = torch.where(masked, (data.batch["responses"] + 17) % 5000, data.batch["responses"])
+            data.batch["advantages"] = torch.where(masked, torch.full_like(data.batch["advantages"], 5.0),
+                                                   data.batch["advantages"])
+            data.batch["old_log_probs"] = torch.where(masked, torch.full_like(data.batch["old_log_probs"], -3.0),
+                                                      data.batch["old_log_probs"])
+            assert not torch.equal(data.batch["responses"], base.batch["responses"])
+        results.append(actor.update_policy(data))
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/entropy"):
+        assert results[0][key] == pytest.approx(results[1][key], rel=1e-6, abs=1e-7), key
+
+
+def test_kl_loss_is_added_and_pulls_toward_reference(model) -> None:
+    actor = fresh_actor(model, use_kl_loss=True, kl_loss_coef=1.0, kl_loss_type="low_var_kl",
+                        ppo_micro_batch_size_per_gpu=2, optim=OptimConfig(lr=1e-6))
+    data = make_batch()
+    data.batch["advantages"].zero_()  # only the KL term drives the update
+    lp, _ = actor.compute_log_prob(data, micro_batch_size=B)
+    data.batch["old_log_probs"] = lp
+    data.batch["ref_log_prob"] = lp - 0.5
+    mask = data.batch["response_mask"]
+    kl_before = core_algos.agg_loss(core_algos.kl_penalty(lp, data.batch["ref_log_prob"], "low_var_kl"), mask,
+                                    "token-mean").item()
+    metrics = actor.update_policy(data)
+    assert metrics["actor/kl_loss"] == pytest.approx(kl_before, rel=1e-4)
+    assert metrics["actor/kl_coef"] == 1.0
+    lp_after, _ = actor.compute_log_prob(data, micro_batch_size=B)
+    kl_after = core_algos.agg_loss(core_algos.kl_penalty(lp_after, data.batch["ref_log_prob"], "low_var_kl"), mask,
+                                   "token-mean").item()
+    assert kl_after < kl_before  # subtracting the KL (the original's bug) would push it up
+
+
+def test_on_policy_shortcut_matches_explicit_old_log_probs(model) -> None:
+    runs = []
+    for explicit in (True, False):
+        actor = fresh_actor(model)
+        data = make_batch()
+        if explicit:
+            data.batch["old_log_probs"], _ = actor.compute_log_prob(data, micro_batch_size=B)
+        runs.append(actor.update_policy(data))
+    assert runs[0]["actor/pg_loss"] == pytest.approx(runs[1]["actor/pg_loss"], rel=1e-4, abs=1e-6)
+    assert runs[0]["actor/grad_norm"] == pytest.approx(runs[1]["actor/grad_norm"], rel=1e-3)
+    actor = fresh_actor(model, ppo_epochs=2)
+    with pytest.raises(ValueError, match="old_log_probs"):
+        actor.update_policy(make_batch())
+
+
+def test_metrics_names_and_lr(model) -> None:
+    actor = fresh_actor(model, ppo_mini_batch_size=2, ppo_micro_batch_size_per_gpu=1)  # 2 optimizer steps
+    metrics = actor.update_policy(with_old_log_probs(actor, make_batch()))
+    expected = {"actor/pg_loss", "actor/pg_clipfrac", "actor/pg_clipfrac_lower", "actor/ppo_kl", "actor/entropy",
+                "actor/grad_norm", "actor/lr"}
+    assert expected <= set(metrics)
+    assert metrics["actor/lr"] == pytest.approx(1e-5)
+    assert all(isinstance(v, float) for v in metrics.values())

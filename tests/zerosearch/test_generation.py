@@ -1,0 +1,245 @@
+"""The multi-turn search rollout on the embedded model (real HF engine) and the real local BM25 backend.
+
+Searches are forced with a prompt whose assistant turn already opens `<search>` and holds a query (greedy
+decoding then closes the tag); every row's masked response spans are decoded and checked token by token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from verl.protocol import DataProto
+from verl.workers.rollout import SamplingParams, build_rollout_engine
+from zerosearch.data.prompts import build_prompt
+from zerosearch.generation import GenerationConfig, SearchRolloutManager, trajectory_records
+from zerosearch.search import build_search_backend
+
+pytestmark = pytest.mark.slow
+GREEDY = SamplingParams(temperature=0.0, max_tokens=1000, seed=0)
+
+
+class RecordingBackend:
+    """Wraps the real local backend and keeps a copy of every request batch it receives."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.name, self.calls = inner, inner.name, []
+
+    def search(self, requests, topk):
+        self.calls.append([dataclasses.replace(r, golden_answers=list(r.golden_answers)) for r in requests])
+        return self.inner.search(requests, topk)
+
+    def pop_metrics(self):
+        return self.inner.pop_metrics()
+
+    def close(self):
+        self.inner.close()
+
+
+@pytest.fixture(scope="module")
+def world_dir(tmp_path_factory):
+    from zerosearch.data.world import generate
+
+    out = tmp_path_factory.mktemp("world")
+    generate(out, seed=0, n_entities=1000, n_train=12, n_test=4)
+    return out
+
+
+@pytest.fixture(scope="module")
+def questions(world_dir):
+    df = pd.read_parquet(world_dir / "train.parquet")
+    return [(q, [str(a) for a in g]) for q, g in zip(df["question"], df["golden_answers"])]
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_model_path):
+    return build_rollout_engine("hf", embedded_model_path, max_model_len=2048)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(engine):
+    return engine.tokenizer
+
+
+@pytest.fixture(scope="module")
+def local_backend(world_dir, tmp_path_factory):
+    backend = build_search_backend({"mode": "local", "corpus_path": str(world_dir / "corpus.jsonl"),
+                                    "index_dir": str(tmp_path_factory.mktemp("bm25"))})
+    yield backend
+    backend.close()
+
+
+def search_prefill(question: str) -> str:
+    return "<search> " + question.rstrip("?") + "."
+
+
+def make_batch(tokenizer, rows, messages_fn=build_prompt) -> DataProto:
+    """rows: (question, golden answers, text appended after the assistant generation prompt)."""
+    ids = [tokenizer.encode(tokenizer.apply_chat_template(messages_fn(q), tokenize=False, add_generation_prompt=True)
+                            + prefill, add_special_tokens=False) for q, _, prefill in rows]
+    return DataProto.from_dict(non_tensors={"prompt_ids": ids, "question": [q for q, _, _ in rows],
+                                            "golden_answers": [g for _, g, _ in rows]})
+
+
+def response_of(out: DataProto, i: int) -> tuple[list[int], list[int]]:
+    """Row i's real response tokens and their response_mask."""
+    prompt_width = out.batch["prompts"].shape[1]
+    n = int(out.batch["attention_mask"][i, prompt_width:].sum())
+    return out.batch["responses"][i, :n].tolist(), out.batch["response_mask"][i, :n].tolist()
+
+
+def masked_spans(ids: list[int], mask: list[int]) -> list[tuple[int, int]]:
+    spans, start = [], None
+    for j, m in enumerate(mask + [1]):
+        if m == 0 and start is None:
+            start = j
+        elif m == 1 and start is not None:
+            spans.append((start, j))
+            start = None
+    return spans
+
+
+def check_batch_layout(out: DataProto, tokenizer, max_response_length: int) -> None:
+    b = out.batch
+    assert b["responses"].shape[1] == max_response_length
+    assert b["input_ids"].tolist() == [p + r for p, r in zip(b["prompts"].tolist(), b["responses"].tolist())]
+    prompt_width = b["prompts"].shape[1]
+    assert b["info_mask"][:, prompt_width:].tolist() == b["response_mask"].tolist()
+    for i in range(len(out)):
+        ids, mask = response_of(out, i)
+        assert len(ids) <= max_response_length
+        assert b["response_mask"][i, len(ids):].sum() == 0  # padding is masked
+        assert out.non_tensor_batch["response_text"][i] == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@pytest.fixture(scope="module")
+def inline_run(engine, tokenizer, local_backend, questions):
+    # Row 0 is not forced to search, so the searching rows are not a prefix of the batch: a request built
+    # from the position among searching rows (the original's bug) would carry another row's question.
+    rows = [(questions[0][0], questions[0][1], "")] + [(q, g, search_prefill(q)) for q, g in questions[1:4]]
+    batch = make_batch(tokenizer, rows)
+    backend = RecordingBackend(local_backend)
+    cfg = GenerationConfig(max_turns=2, max_prompt_length=400, max_response_length=96, max_obs_length=48, topk=2)
+    manager = SearchRolloutManager(engine, tokenizer, backend, cfg, noise_schedule=lambda step: 0.1 * step)
+    return batch, manager.run(batch, GREEDY, step=3), backend, cfg
+
+
+def test_inline_search_inserts_masked_information(inline_run, tokenizer):
+    batch, out, _, cfg = inline_run
+    check_batch_layout(out, tokenizer, cfg.max_response_length)
+    nt = out.non_tensor_batch
+    assert list(nt["question"]) == list(batch.non_tensor_batch["question"])  # row order preserved
+    assert sum(n >= 1 for n in nt["num_searches"]) >= 2, nt["response_text"]
+    for i in range(len(out)):
+        ids, mask = response_of(out, i)
+        observations = 0
+        for start, end in masked_spans(ids, mask):
+            text = tokenizer.decode(ids[start:end])
+            if text.startswith("\n\n<information>"):
+                observations += 1
+                assert text.startswith("\n\n<information>Doc 1(Title: ") and text.endswith("</information>\n\n")
+                assert end - start <= cfg.max_obs_length
+                assert tokenizer.decode(ids[:start]).endswith("</search>")  # policy tokens before it: mask 1
+            else:
+                assert text == "\n" + cfg.invalid_action_message + "\n"
+        assert observations == nt["num_searches"][i] == len(nt["search_queries"][i])
+        assert nt["num_searches"][i] <= cfg.max_turns and nt["num_turns"][i] <= cfg.max_turns + 1
+        if nt["num_searches"][i]:
+            assert "<information>Doc 1(Title: " in nt["response_text"][i]
+
+
+def test_each_request_carries_its_own_rows_question(inline_run):
+    _, out, backend, _ = inline_run
+    nt = out.non_tensor_batch
+    sent = Counter((r.query, r.question, tuple(r.golden_answers)) for call in backend.calls for r in call)
+    expected = Counter((q, nt["question"][i], tuple(nt["golden_answers"][i]))
+                       for i in range(len(out)) for q in nt["search_queries"][i])
+    assert sent == expected and sum(sent.values()) >= 2
+    assert all(r.noise_p == pytest.approx(0.3) for call in backend.calls for r in call)
+    assert len(backend.calls) <= 2  # one batched call per search turn
+
+
+def test_metrics_and_records(inline_run):
+    _, out, _, _ = inline_run
+    m = out.meta_info["metrics"]
+    for key in ("env/number_of_actions/mean", "env/number_of_actions/max", "env/number_of_actions/min",
+                "env/finish_ratio", "env/number_of_valid_action", "env/ratio_of_valid_action",
+                "env/number_of_valid_search", "env/turns_mean"):
+        assert key in m
+    assert m["search/noise_p"] == pytest.approx(0.3)
+    assert any(k.startswith("search/") and k != "search/noise_p" for k in m)  # the backend's own metrics
+    assert m["env/number_of_valid_search"] == pytest.approx(sum(out.non_tensor_batch["num_searches"]) / len(out))
+    recs = trajectory_records(out, 2)
+    assert len(recs) == 2 and recs[1]["response_text"] == out.non_tensor_batch["response_text"][1]
+    assert recs[1]["golden_answers"] == list(out.non_tensor_batch["golden_answers"][1]) and recs[1]["score"] is None
+
+
+def test_final_turn_never_searches(engine, tokenizer, local_backend, questions):
+    q, g = questions[1]
+    backend = RecordingBackend(local_backend)
+    cfg = GenerationConfig(max_turns=0, max_prompt_length=400, max_response_length=24, max_obs_length=48)
+    out = SearchRolloutManager(engine, tokenizer, backend, cfg).run(make_batch(tokenizer, [(q, g, search_prefill(q))]),
+                                                                   GREEDY)
+    ids, mask = response_of(out, 0)
+    text = out.non_tensor_batch["response_text"][0]
+    assert "</search>" in text and not text.endswith("</search>")  # the final turn does not stop at </search>
+    assert backend.calls == [] and out.non_tensor_batch["num_searches"][0] == 0
+    assert mask == [1] * len(ids) and out.non_tensor_batch["num_turns"][0] == 1
+
+
+def test_max_turns_and_response_budget(engine, tokenizer, local_backend, questions):
+    rows = [(q, g, search_prefill(q)) for q, g in questions[4:6]]
+    backend = RecordingBackend(local_backend)
+    cfg = GenerationConfig(max_turns=1, max_prompt_length=400, max_response_length=40, max_obs_length=200, topk=2)
+    out = SearchRolloutManager(engine, tokenizer, backend, cfg).run(make_batch(tokenizer, rows), GREEDY)
+    check_batch_layout(out, tokenizer, 40)
+    assert len(backend.calls) <= 1
+    for i in range(len(out)):
+        ids, mask = response_of(out, i)
+        if out.non_tensor_batch["num_searches"][i]:
+            # the documents were cut so the observation fills the budget exactly; nothing generated after it
+            assert len(ids) == 40 and out.non_tensor_batch["stop_reason"][i] == "length"
+            (start, end), = masked_spans(ids, mask)
+            assert end == 40 and tokenizer.decode(ids[start:end]).endswith("</information>\n\n")
+
+
+def test_chat_observation_format(engine, tokenizer, local_backend, questions):
+    rows = [(q, g, search_prefill(q)) for q, g in questions[1:3]]
+    cfg = GenerationConfig(max_turns=1, max_prompt_length=400, max_response_length=64, max_obs_length=56,
+                           observation_format="chat", final_turn="none")
+    out = SearchRolloutManager(engine, tokenizer, local_backend, cfg).run(make_batch(tokenizer, rows), GREEDY)
+    searched = [i for i in range(len(out)) if out.non_tensor_batch["num_searches"][i]]
+    assert searched
+    for i in searched:
+        ids, mask = response_of(out, i)
+        (start, end), = masked_spans(ids, mask)
+        text = tokenizer.decode(ids[start:end])
+        assert text.startswith("<|im_end|>\n<|im_start|>user\n<information>Doc 1(Title: ")
+        assert text.endswith("</information><|im_end|>\n<|im_start|>assistant\n")
+        assert tokenizer.decode(ids[:start]).endswith("</search>")
+
+
+def _hello(question: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": question}]
+
+
+@pytest.mark.parametrize("on_eos", ["correct", "finish"])
+def test_eos_without_action(engine, tokenizer, local_backend, on_eos):
+    backend = RecordingBackend(local_backend)
+    cfg = GenerationConfig(max_turns=1, max_prompt_length=400, max_response_length=64, max_obs_length=48,
+                           final_turn="none", on_eos_without_action=on_eos)
+    batch = make_batch(tokenizer, [("Say hello.", ["hello"], "")], messages_fn=_hello)
+    out = SearchRolloutManager(engine, tokenizer, backend, cfg).run(batch, GREEDY)
+    ids, mask = response_of(out, 0)
+    nt = out.non_tensor_batch
+    assert backend.calls == [] and nt["valid_actions"][0] == 0
+    if on_eos == "finish":
+        assert nt["stop_reason"][0] == "eos" and mask == [1] * len(ids)
+        return
+    (start, end), = masked_spans(ids, mask)
+    assert end == len(ids) and tokenizer.decode(ids[start:end]) == "\n" + cfg.invalid_action_message + "\n"
+    assert ids[start - 1] == tokenizer.eos_token_id  # the policy's own EOS stays a policy token
+    assert cfg.invalid_action_message in nt["response_text"][0] and nt["stop_reason"][0] == "max_turns"
