@@ -22,8 +22,21 @@ original indexed them by position among the searching rows, so the simulator got
 after the first turn); the final turn makes no search call (the original searched and threw the result away);
 the engine stops at `</search>` instead of generating to EOS and cutting the text afterwards.
 
+Other departures: by default a turn that ends with EOS and no action ends the trajectory (the original inserted
+the corrective message and went on; `on_eos_without_action=correct` restores that); a search with an empty
+query is invalid; observations keep their closing `</information>` when cut. A prompt may pre-open a tag
+(assistant prefix ending in `<search>`): the first turn's action is parsed from that prefix + the new text.
+
 One engine call per turn takes `max_tokens` = the largest remaining budget among active rows; a row that
 generates past its own budget is cut there and ends with reason "length".
+
+Output (row order preserved): the tensors of `build_rollout_batch` (`prompts`, `responses`, `input_ids`,
+`attention_mask`, `position_ids`, `response_mask` = 0 on observation / corrective tokens and padding) plus
+`info_mask` [B, P+R] (Search-R1's name and shape: attention_mask with inserted tokens zeroed); the input's
+non-tensor keys plus `response_text` (response only, observations included, special tokens skipped),
+`num_turns`, `num_searches`, `valid_actions`, `finished` (ended with an answer), `stop_reason` (answer | eos |
+length | no_answer | max_turns), `search_queries`; `meta_info["metrics"]`: `env/*`, the backend's `search/*`
+and `search/noise_p`.
 
 Not done yet (measured by a later benchmark): overlapping the search calls of rows that have finished a turn
 with the generation of rows that are still decoding; today each turn is generate-all, then search-all.
@@ -109,6 +122,7 @@ class SearchRolloutManager:
         if pad is None:
             raise ValueError("the tokenizer has neither pad_token_id nor eos_token_id; set one")
         self.pad_token_id = int(pad)
+        self._special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
 
     # ------------------------------------------------------------------ public
     def run(self, batch: DataProto, params: SamplingParams, step: int = 0) -> DataProto:
@@ -163,10 +177,16 @@ class SearchRolloutManager:
                     raise ValueError(f"row {i}: prompt has {len(ids)} tokens > data.max_prompt_length={limit}; "
                                      "raise it, filter long prompts, or set search.truncate_prompt=true")
                 ids = ids[-limit:]
-            tail = self.tokenizer.decode(ids[-_PROMPT_TAIL_TOKENS:], skip_special_tokens=True)
             rows.append(_Trajectory(prompt=ids, question=str(question), golden_answers=_as_str_list(answers),
-                                    carry=open_tag_suffix(tail)))
+                                    carry=self._prefilled_tag(ids)))
         return rows
+
+    def _prefilled_tag(self, prompt: list[int]) -> str:
+        """The unclosed <search>/<answer> the prompt ends with, looking only after its last special token (so a
+        tag quoted in a user message never counts)."""
+        tail = prompt[-_PROMPT_TAIL_TOKENS:]
+        last_special = max((j for j, t in enumerate(tail) if t in self._special_ids), default=-1)
+        return open_tag_suffix(self.tokenizer.decode(tail[last_special + 1:], skip_special_tokens=True))
 
     def _remaining(self, row: _Trajectory) -> int:
         return self.cfg.max_response_length - len(row.ids)

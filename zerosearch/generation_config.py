@@ -99,6 +99,8 @@ class GenerationConfig:
         need(self.max_turns == 0 or "</search>" in self.stop, "stop",
              "must contain '</search>' (otherwise generation runs past the query)")
         need(isinstance(self.truncate_prompt, bool), "truncate_prompt", "must be true or false")
+        need(self.max_turns > 0 or self.final_turn == "answer", "final_turn",
+             "=none with max_turns=0 would generate nothing; raise search.max_turns or use final_turn=answer")
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None, section: str = "search") -> GenerationConfig:

@@ -1,7 +1,8 @@
 """The trainer's rollout factory: the `search` config section -> a multi-turn search rollout function.
 
 `make_search_rollout_fn(config, tokenizer, **kwargs)` returns `rollout(batch, engine, params, step, validate)`.
-It reads `config.extra["search"]` (kwargs override single keys) and splits it three ways:
+It reads the `search` section (`config.search`, else `config.extra["search"]`; kwargs override single keys)
+and splits it three ways:
 - rollout keys (`GenerationConfig`: max_turns, observation_format, final_turn, ...); the length budgets come
   from `data.max_prompt_length / max_response_length / max_obs_length`;
 - curriculum keys (schedule, start_threshold, end_threshold, base, total_steps; default total_steps:
@@ -45,6 +46,14 @@ def _as_dict(section: Any, name: str) -> dict[str, Any]:
     return dict(section)
 
 
+def _config_section(config, name: str) -> dict[str, Any]:
+    """`config.<name>` (PPOConfig's plugged-component sections), else `config.extra[name]`, else {}."""
+    value = getattr(config, name, None)
+    if value is None:
+        value = _as_dict(getattr(config, "extra", None), "extra").get(name)
+    return _as_dict(value, name)
+
+
 def split_search_section(section: Mapping[str, Any]) -> tuple[dict, dict, dict, dict, str | None]:
     """(generation keys, curriculum keys, backend keys, validation backend overrides, val_mode)."""
     section = dict(section)
@@ -60,8 +69,7 @@ def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = No
     from zerosearch.search import build_search_backend
     from zerosearch.search.config import SearchConfig
 
-    extra = _as_dict(getattr(config, "extra", None), "extra")
-    section = {**_as_dict(extra.get("search"), "search"), **overrides}
+    section = {**_config_section(config, "search"), **overrides}
     gen_keys, curriculum_keys, backend_keys, val_overrides, val_mode = split_search_section(section)
 
     train_search = SearchConfig.from_any(backend_keys)
@@ -81,7 +89,7 @@ def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = No
     schedule = None
     if train_search.mode in SIMULATED_MODES:
         steps = max(1, int(config.trainer.total_training_steps))
-        curriculum = {**_as_dict(extra.get("curriculum"), "curriculum"), "total_steps": steps, **curriculum_keys}
+        curriculum = {**_config_section(config, "curriculum"), "total_steps": steps, **curriculum_keys}
         schedule = NoiseCurriculum(CurriculumConfig.from_dict(curriculum, section="search"))
         logger.info("search rollout: noise curriculum %r", schedule)
     logger.info("search rollout: train mode=%s, val mode=%s, max_turns=%d, format=%s",

@@ -11,6 +11,7 @@ from collections import Counter
 
 import pandas as pd
 import pytest
+import torch
 
 from verl.protocol import DataProto
 from verl.workers.rollout import SamplingParams, build_rollout_engine
@@ -56,7 +57,10 @@ def questions(world_dir):
 
 @pytest.fixture(scope="module")
 def engine(embedded_model_path):
-    return build_rollout_engine("hf", embedded_model_path, max_model_len=2048)
+    # One intra-op thread: on a shared 2-core box, 2 threads per process were measured 10x slower (spinning).
+    threads = torch.get_num_threads()
+    yield build_rollout_engine("hf", embedded_model_path, max_model_len=2048, cpu_threads=1)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -117,9 +121,9 @@ def check_batch_layout(out: DataProto, tokenizer, max_response_length: int) -> N
 
 @pytest.fixture(scope="module")
 def inline_run(engine, tokenizer, local_backend, questions):
-    # Row 0 is not forced to search, so the searching rows are not a prefix of the batch: a request built
-    # from the position among searching rows (the original's bug) would carry another row's question.
-    rows = [(questions[0][0], questions[0][1], "")] + [(q, g, search_prefill(q)) for q, g in questions[1:4]]
+    # Row 0 answers at once, so the searching rows are not a prefix of the batch: a request built from the
+    # position among searching rows (the original's bug) would carry another row's question.
+    rows = [(questions[0][0], questions[0][1], "<answer>")] + [(q, g, search_prefill(q)) for q, g in questions[1:3]]
     batch = make_batch(tokenizer, rows)
     backend = RecordingBackend(local_backend)
     cfg = GenerationConfig(max_turns=2, max_prompt_length=400, max_response_length=96, max_obs_length=48, topk=2)
@@ -132,7 +136,8 @@ def test_inline_search_inserts_masked_information(inline_run, tokenizer):
     check_batch_layout(out, tokenizer, cfg.max_response_length)
     nt = out.non_tensor_batch
     assert list(nt["question"]) == list(batch.non_tensor_batch["question"])  # row order preserved
-    assert sum(n >= 1 for n in nt["num_searches"]) >= 2, nt["response_text"]
+    assert nt["stop_reason"][0] == "answer" and nt["finished"][0] and nt["num_searches"][0] == 0
+    assert all(n >= 1 for n in nt["num_searches"][1:]), f"a prefilled <search> was not closed: {nt['response_text']}"
     for i in range(len(out)):
         ids, mask = response_of(out, i)
         observations = 0
@@ -180,7 +185,7 @@ def test_metrics_and_records(inline_run):
 def test_final_turn_never_searches(engine, tokenizer, local_backend, questions):
     q, g = questions[1]
     backend = RecordingBackend(local_backend)
-    cfg = GenerationConfig(max_turns=0, max_prompt_length=400, max_response_length=24, max_obs_length=48)
+    cfg = GenerationConfig(max_turns=0, max_prompt_length=400, max_response_length=12, max_obs_length=48)
     out = SearchRolloutManager(engine, tokenizer, backend, cfg).run(make_batch(tokenizer, [(q, g, search_prefill(q))]),
                                                                    GREEDY)
     ids, mask = response_of(out, 0)
@@ -197,13 +202,13 @@ def test_max_turns_and_response_budget(engine, tokenizer, local_backend, questio
     out = SearchRolloutManager(engine, tokenizer, backend, cfg).run(make_batch(tokenizer, rows), GREEDY)
     check_batch_layout(out, tokenizer, 40)
     assert len(backend.calls) <= 1
+    assert list(out.non_tensor_batch["num_searches"]) == [1, 1], out.non_tensor_batch["response_text"]
     for i in range(len(out)):
         ids, mask = response_of(out, i)
-        if out.non_tensor_batch["num_searches"][i]:
-            # the documents were cut so the observation fills the budget exactly; nothing generated after it
-            assert len(ids) == 40 and out.non_tensor_batch["stop_reason"][i] == "length"
-            (start, end), = masked_spans(ids, mask)
-            assert end == 40 and tokenizer.decode(ids[start:end]).endswith("</information>\n\n")
+        # the documents were cut so the observation fills the budget exactly; nothing is generated after it
+        assert len(ids) == 40 and out.non_tensor_batch["stop_reason"][i] == "length"
+        (start, end), = masked_spans(ids, mask)
+        assert end == 40 and tokenizer.decode(ids[start:end]).endswith("</information>\n\n")
 
 
 def test_chat_observation_format(engine, tokenizer, local_backend, questions):
@@ -222,7 +227,7 @@ def test_chat_observation_format(engine, tokenizer, local_backend, questions):
         assert tokenizer.decode(ids[:start]).endswith("</search>")
 
 
-def _hello(question: str) -> list[dict[str, str]]:
+def _plain_question(question: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": question}]
 
 
@@ -231,7 +236,7 @@ def test_eos_without_action(engine, tokenizer, local_backend, on_eos):
     backend = RecordingBackend(local_backend)
     cfg = GenerationConfig(max_turns=1, max_prompt_length=400, max_response_length=64, max_obs_length=48,
                            final_turn="none", on_eos_without_action=on_eos)
-    batch = make_batch(tokenizer, [("Say hello.", ["hello"], "")], messages_fn=_hello)
+    batch = make_batch(tokenizer, [("Reply with one word: yes or no?", ["yes"], "")], messages_fn=_plain_question)
     out = SearchRolloutManager(engine, tokenizer, backend, cfg).run(batch, GREEDY)
     ids, mask = response_of(out, 0)
     nt = out.non_tensor_batch
@@ -243,3 +248,34 @@ def test_eos_without_action(engine, tokenizer, local_backend, on_eos):
     assert end == len(ids) and tokenizer.decode(ids[start:end]) == "\n" + cfg.invalid_action_message + "\n"
     assert ids[start - 1] == tokenizer.eos_token_id  # the policy's own EOS stays a policy token
     assert cfg.invalid_action_message in nt["response_text"][0] and nt["stop_reason"][0] == "max_turns"
+
+
+def test_make_rollout_fn_curriculum_and_validation_backend(engine, tokenizer, world_dir, local_backend, questions,
+                                                            tmp_path):
+    from verl.trainer.config import PPOConfig
+    from zerosearch.generation import make_rollout_fn
+
+    cfg = PPOConfig()
+    cfg.data.max_prompt_length, cfg.data.max_response_length, cfg.data.max_obs_length = 400, 24, 48
+    cfg.search = {"mode": "simulate_prompt", "topk": 2, "max_turns": 1, "schedule": "linear",
+                  "start_threshold": 0.2, "end_threshold": 0.6, "total_steps": 10,
+                  "corpus_path": str(world_dir / "corpus.jsonl"), "index_dir": str(tmp_path), "val": {"topk": 1}}
+    # the simulator needs a server: inject the training backend, the validation one (local BM25) is built
+    train_backend = RecordingBackend(local_backend)
+    rollout = make_rollout_fn(cfg, tokenizer, backend=train_backend)
+    q, g = questions[1]
+    batch = make_batch(tokenizer, [(q, g, search_prefill(q))])
+    train = rollout(batch, engine, GREEDY, 5, False)
+    assert [r.noise_p for call in train_backend.calls for r in call] == [pytest.approx(0.4)]
+    assert train.meta_info["metrics"]["search/noise_p"] == pytest.approx(0.4)
+    val = rollout(batch, engine, GREEDY, 5, True)
+    val_manager = rollout.managers[True]
+    assert val_manager.backend.name == "local" and val_manager.backend is not local_backend
+    assert val_manager.cfg.topk == 1 and val.meta_info["metrics"]["search/noise_p"] == 0.0
+    for out in (train, val):
+        assert out.non_tensor_batch["num_searches"][0] == 1 and out.batch["responses"].shape[1] == 24
+        assert "<information>Doc 1(Title: " in out.non_tensor_batch["response_text"][0]
+    assert len(train_backend.calls) == 1  # validation never touched the training backend
+    rollout.close()
+    with pytest.raises(ValueError, match=r"search\.max_turn\b"):
+        make_rollout_fn(dataclasses.replace(cfg, search={"mode": "local", "max_turn": 1}), tokenizer)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from verl.protocol import DataProto
-from zerosearch.generation import _Trajectory, rollout_metrics, trajectory_records
+from zerosearch.generation import SearchRolloutManager, _Trajectory, rollout_metrics, trajectory_records
 from zerosearch.generation_config import GenerationConfig, open_tag_suffix, parse_action
 from zerosearch.generation_factory import split_search_section
 from zerosearch.generation_observation import ObservationRenderer, chat_wrapper
@@ -36,6 +36,8 @@ def test_config_defaults_and_errors_name_the_key():
     with pytest.raises(ValueError, match=r"search\.on_eos_without_action"):
         GenerationConfig.from_dict({"on_eos_without_action": "retry"})
     assert GenerationConfig.from_dict({"max_turns": 0, "topk": 2}).topk == 2
+    with pytest.raises(ValueError, match=r"search\.final_turn.*generate nothing"):
+        GenerationConfig(max_turns=0, final_turn="none")
 
 
 def test_parse_action_first_complete_action():
@@ -122,3 +124,17 @@ def test_split_search_section():
     assert gen == {"max_turns": 3} and cur == {"start_threshold": 0.1, "end_threshold": 0.4}
     assert backend == {"mode": "simulate_sft", "topk": 5, "ips": ["127.0.0.1"]}
     assert val == {"corpus_path": "c.jsonl"} and val_mode == "local"
+
+
+def test_prefilled_tag_only_in_the_assistant_turn(tokenizer):
+    manager = SearchRolloutManager(None, tokenizer, backend=None, cfg=GenerationConfig())
+    quoted = [{"role": "user", "content": "Search with <search>"}]
+    base = tokenizer.apply_chat_template(quoted, tokenize=False, add_generation_prompt=True)
+    prompts = [base, base + "<search> Ann", base + "<answer>"]
+    ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    batch = DataProto.from_dict(non_tensors={"prompt_ids": ids, "question": ["q"] * 3})
+    assert [r.carry for r in manager._init_rows(batch)] == ["", "<search> Ann", "<answer>"]
+    with pytest.raises(ValueError, match="max_prompt_length"):
+        SearchRolloutManager(None, tokenizer, None, GenerationConfig(max_prompt_length=8))._init_rows(batch)
+    with pytest.raises(ValueError, match="question"):
+        manager._init_rows(DataProto.from_dict(non_tensors={"prompt_ids": ids}))

@@ -36,6 +36,7 @@ class DataConfig:
     seed: int = 1
     apply_chat_template: bool = True
     truncation: str = "error"  # error | left | right, for prompts longer than max_prompt_length
+    assistant_prefix: str = ""  # text the assistant turn starts with (part of the prompt, not trained)
 
 
 @dataclass

@@ -50,6 +50,7 @@ class PromptDataset:
         check: Callable | None = None,
         max_samples: int | None = None,
         key: str = "data.train_files",
+        assistant_prefix: str = "",
     ):
         if not files:
             raise ValueError(f"{key} is empty: give at least one parquet file")
@@ -84,6 +85,8 @@ class PromptDataset:
                 text = messages if isinstance(messages, str) else "\n".join(m["content"] for m in messages)
                 ids = tokenizer(text, add_special_tokens=True)["input_ids"]
             ids = list(ids)
+            if assistant_prefix:  # the response starts pre-written (e.g. an opened tag); part of the prompt
+                ids += tokenizer(assistant_prefix, add_special_tokens=False)["input_ids"]
             if len(ids) > max_prompt_length:
                 too_long += 1
                 if truncation == "error":

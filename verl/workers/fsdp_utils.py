@@ -4,9 +4,8 @@
   scalar head, `AutoModelForTokenClassification(num_labels=1)`), `embedded` resolved to the converted
   SmolLM2 directory; optional gradient checkpointing.
 - `apply_fsdp2`: `fully_shard` on every decoder layer (the classes in `model._no_split_modules`) and on
-  the root, over a 1-D device mesh of the worker group. CUDA: bf16 compute / fp32 reduce mixed
-  precision, optional CPU offload. CPU: fp32 on gloo (no mixed precision: bf16 matmuls are slow on most
-  CPUs and the embedded model is small).
+  the root, over a 1-D device mesh of the worker group; optional mixed precision (bf16 compute, fp32
+  master weights and gradient reduction; the default on CUDA, opt-in on CPU), optional CPU offload (CUDA).
 - `full_state_dict`: unsharded HF-named weights (for rollout weight sync and HF export).
 - `build_optimizer` (AdamW), `build_lr_scheduler` (warmup + constant or cosine with a floor),
   `clip_grad_norm` (works on DTensor grads; non-finite norms skip the step as in verl).
@@ -66,14 +65,34 @@ def _decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
+PARAM_DTYPES = {"fp32": None, "float32": None, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+                "fp16": torch.float16, "float16": torch.float16}
+
+
+def compute_dtype(name: str, device_type: str) -> torch.dtype | None:
+    """fsdp_config.param_dtype -> the mixed-precision compute dtype (None: plain fp32).
+
+    `auto`: bf16 on CUDA, fp32 on CPU (the CPU tests compare fp32 numbers; bf16 is faster on CPUs with
+    avx512_bf16/AMX and can be chosen explicitly)."""
+    if name == "auto":
+        return torch.bfloat16 if device_type == "cuda" else None
+    if name not in PARAM_DTYPES:
+        raise ValueError(f"fsdp_config.param_dtype must be auto, {', '.join(PARAM_DTYPES)}; got {name!r}")
+    return PARAM_DTYPES[name]
+
+
 def apply_fsdp2(model: nn.Module, device_type: str, world_size: int, *, reshard_after_forward: bool = True,
-                param_offload: bool = False) -> nn.Module:
-    """Shard `model` in place with FSDP2 over all ranks of the default process group; returns it."""
+                param_offload: bool = False, param_dtype: torch.dtype | None = None) -> nn.Module:
+    """Shard `model` in place with FSDP2 over all ranks of the default process group; returns it.
+
+    `param_dtype`: compute dtype of the mixed-precision policy (master weights, grads reduction and the
+    optimizer stay fp32); None computes in the parameters' dtype."""
     mesh = init_device_mesh(device_type, (world_size,))
     kwargs: dict = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
-    if device_type == "cuda":
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+    if param_dtype is not None:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32,
                                                    cast_forward_inputs=True)
+    if device_type == "cuda":
         if param_offload:
             kwargs["offload_policy"] = CPUOffloadPolicy()
     elif param_offload:

@@ -31,6 +31,7 @@ from verl.workers.fsdp_utils import (
     apply_fsdp2,
     build_lr_scheduler,
     build_optimizer,
+    compute_dtype,
     full_state_dict,
     load_hf_model,
 )
@@ -56,9 +57,10 @@ class _FSDPWorker(Worker):
         if not trainable:
             module.requires_grad_(False)
             module.eval()
+        dtype = compute_dtype(getattr(fsdp_cfg, "param_dtype", "auto"), self.device_type)
         return apply_fsdp2(module, self.device_type, self.world_size,
                            reshard_after_forward=fsdp_cfg.reshard_after_forward,
-                           param_offload=fsdp_cfg.param_offload)
+                           param_offload=fsdp_cfg.param_offload, param_dtype=dtype)
 
 
 class ActorRolloutRefWorker(_FSDPWorker):

@@ -106,7 +106,8 @@ def test_observation_tokens_carry_no_loss(model) -> None:
         data = with_old_log_probs(actor, make_batch())
         if variant:  # change labels, advantages and old log-probs where response_mask is 0 (inputs unchanged)
             masked = base.batch["response_mask"] == 0
-            data.batch["responses"] = torch.where(masked, (data.batch["responses"] + 17) % 5000, data.batch["responses"])
+            responses = data.batch["responses"]
+            data.batch["responses"] = torch.where(masked, (responses + 17) % 5000, responses)
             data.batch["advantages"] = torch.where(masked, torch.full_like(data.batch["advantages"], 5.0),
                                                    data.batch["advantages"])
             data.batch["old_log_probs"] = torch.where(masked, torch.full_like(data.batch["old_log_probs"], -3.0),

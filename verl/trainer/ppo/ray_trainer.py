@@ -45,7 +45,8 @@ class RayPPOTrainer:
         self.engine = WorkerGroupEngine(actor_wg)
         d = config.data
         common = dict(prompt_key=d.prompt_key, max_prompt_length=d.max_prompt_length, truncation=d.truncation,
-                      apply_chat_template=d.apply_chat_template, check=dataset_check)
+                      apply_chat_template=d.apply_chat_template, check=dataset_check,
+                      assistant_prefix=d.assistant_prefix)
         self.train_ds = PromptDataset(d.train_files, tokenizer, key="data.train_files", **common)
         self.val_ds = (PromptDataset(d.val_files, tokenizer, key="data.val_files", max_samples=d.val_max_samples,
                                      **common) if d.val_files else None)

@@ -170,9 +170,13 @@ class VLLMRollout:
             return []
         self._check_open()
 
+        # vLLM refuses n > 1 with greedy sampling: send n copies of the prompt instead (same prompt-major order).
+        copies = params.n if params.temperature == 0 else 1
+        n = params.n // copies
+
         def vparams(i: int) -> VSamplingParams:
             return VSamplingParams(
-                n=params.n,
+                n=n,
                 temperature=params.temperature,
                 top_p=params.top_p,
                 top_k=params.top_k if params.top_k and params.top_k > 0 else 0,
@@ -183,8 +187,9 @@ class VLLMRollout:
                 seed=None if params.seed is None else params.seed + i,  # distinct streams per prompt
             )
 
-        requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
-        results = self.llm.generate(requests, [vparams(i) for i in range(len(prompts))], use_tqdm=False)
+        requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(copies)]
+        sampling = [vparams(i) for i in range(len(prompts)) for _ in range(copies)]
+        results = self.llm.generate(requests, sampling, use_tqdm=False)
         outputs: list[GenOutput] = []
         for req in results:
             for comp in sorted(req.outputs, key=lambda c: c.index):

