@@ -185,7 +185,8 @@ class TrainerConfig:
     resume_mode: str = "auto"  # auto | disable | resume_path
     resume_from_path: str | None = None
     max_actor_ckpt_to_keep: int | None = 2
-    log_val_generations: int = 4
+    log_val_generations: int = 4  # sample trajectories logged per validation (JSONL + W&B table)
+    log_train_generations: int = 0  # sample trajectories logged per training step
     seed: int = 1
     balance_batch: bool = True
     ray_address: str | None = None

@@ -32,6 +32,14 @@ logger = logging.getLogger(__name__)
 FORWARD_KEYS = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask"]
 
 
+def _plain(v):
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
+
+
 class RayPPOTrainer:
     def __init__(self, config: PPOConfig, tokenizer, actor_wg, critic_wg, rollout_fn, reward_fn, tracker=None,
                  dataset_check=None):
@@ -74,6 +82,7 @@ class RayPPOTrainer:
                     batch = self._generate(batch, m)
                 with timer("reward", m):
                     self._compute_reward(batch, m)
+                self._log_generations("train/generations", batch, t.log_train_generations)
                 self._balance(batch)
                 with timer("old_log_prob", m):
                     self._compute_old_log_prob(batch, m)
@@ -237,18 +246,25 @@ class RayPPOTrainer:
             per = self._compute_reward(out)
             per_sample.extend(per)
             sources.extend(out.non_tensor_batch["data_source"].tolist())
-            k = self.cfg.trainer.log_val_generations - len(records)
-            for i in range(min(max(k, 0), len(out))):
-                nt = out.non_tensor_batch
-                records.append({"question": nt.get("question", [None] * len(out))[i],
-                                "golden_answers": nt.get("golden_answers", [None] * len(out))[i],
-                                "response": nt["response_text"][i], "score": float(nt["score"][i])})
+            records.extend(self._records(out, self.cfg.trainer.log_val_generations - len(records)))
         metrics = aggregate_by_source(per_sample, sources, prefix="val")
         metrics.update({f"val/{k}": v for k, v in gen_m.items() if k.startswith(("env/", "search/"))})
         self.val_history.append({"step": self.global_step, **metrics})
         if self.tracker is not None:
             self.tracker.log_table("val/generations", records, self.global_step)
         return metrics
+
+    RECORD_KEYS = ("data_source", "question", "golden_answers", "response_text", "score", "search_queries",
+                   "num_searches", "stop_reason")
+
+    def _records(self, batch: DataProto, k: int) -> list[dict]:
+        nt = batch.non_tensor_batch
+        keys = [key for key in self.RECORD_KEYS if key in nt]
+        return [{key: _plain(nt[key][i]) for key in keys} for i in range(min(max(k, 0), len(batch)))]
+
+    def _log_generations(self, name: str, batch: DataProto, k: int) -> None:
+        if self.tracker is not None and k > 0:
+            self.tracker.log_table(name, self._records(batch, k), self.global_step)
 
     # ------------------------------------------------------------------ checkpoints
     def _ckpt_root(self) -> Path:

@@ -27,14 +27,18 @@ def chat_prompts(tokenizer) -> list[list[int]]:
 
 
 def perturbed_state_dict(model: torch.nn.Module, scale: float = 0.02, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A copy of the model's weights with Gaussian noise on every matrix (embeddings included)."""
+    """A copy of the model's weights with Gaussian noise on every matrix (embeddings included, ties kept)."""
     g = torch.Generator().manual_seed(seed)
-    out = {}
+    out, by_storage = {}, {}
     for name, value in model.state_dict().items():
+        ptr = value.data_ptr()
+        if ptr in by_storage:  # tied weights (lm_head = embed_tokens) stay identical
+            out[name] = by_storage[ptr]
+            continue
         value = value.detach().clone()
         if value.dim() == 2:
             value += scale * value.std() * torch.randn(value.shape, generator=g)
-        out[name] = value
+        out[name] = by_storage[ptr] = value
     return out
 
 
