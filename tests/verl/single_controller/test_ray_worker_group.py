@@ -106,7 +106,7 @@ def test_dispatch_dp_exact_rejects_uneven(echo_group: RayWorkerGroup) -> None:
 def test_dispatch_dp_list_uneven_and_repeated(echo_group: RayWorkerGroup) -> None:
     out = echo_group.dispatch_dp_list("repeat", [10, 11, 12], 2)
     assert out == [(10, 0), (10, 0), (11, 0), (11, 0), (12, 1), (12, 1)]
-    assert echo_group.dispatch_dp_list("repeat", [7], 1) == [(7, 0)]  # rank 1 gets nothing and is not called
+    assert echo_group.dispatch_dp_list("repeat", [7], 1) == [(7, 0)]  # rank 1 gets an empty list
     assert echo_group.dispatch_dp_list("repeat", [], 3) == []
 
 

@@ -7,6 +7,7 @@ embeddings included so the tied lm_head is exercised) followed by a restore.
 
 from __future__ import annotations
 
+import psutil
 import pytest
 import torch
 
@@ -17,12 +18,18 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def engine(embedded_model_path):
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
     eng = build_rollout_engine(
         "vllm", embedded_model_path, max_model_len=512, max_num_seqs=8, kv_cache_space_gb=1.0, seed=0
     )
+    spawned = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    assert spawned, "vllm.LLM should run its engine in child processes"
     yield eng
     eng.close()
     assert eng.llm is None
+    _, alive = psutil.wait_procs(spawned, timeout=10)
+    alive = [p for p in alive if "resource_tracker" not in " ".join(p.cmdline())]  # multiprocessing helper
+    assert not alive, f"engine processes left running after close(): {[p.cmdline() for p in alive]}"
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +90,7 @@ def test_n_samples_prompt_major_and_raw_logprobs(engine, chat_prompts, hf_model,
         torch.testing.assert_close(torch.tensor(out.logprobs), ref, atol=1e-3, rtol=0)
 
 
-def test_update_weights_in_place_then_restore(engine, chat_prompts, hf_model, reference_logprobs, perturb,
-                                              free_greedy):
+def test_update_weights_in_place_then_restore(engine, chat_prompts, hf_model, reference_logprobs, perturb, free_greedy):
     original = {k: v.clone() for k, v in hf_model.state_dict().items()}
     sequence = chat_prompts[2] + free_greedy[2].token_ids
     noisy = perturb(hf_model, scale=0.5)
