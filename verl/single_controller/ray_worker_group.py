@@ -10,9 +10,9 @@ can join a torch.distributed group (see `dist.Worker`). Dispatch modes, all bloc
   rank i gets chunk i, outputs concatenated in rank order and unpadded (equal chunks, because FSDP ranks
   must run the same number of forward passes);
 - `dispatch_dp_list(method, items, ...)`: the same for a plain list (e.g. token-id prompts), split into
-  contiguous chunks whose sizes differ by at most one instead of padding (no collective runs between
-  ranks there, so no rank needs to do duplicate work); an output list may be k times its input (n samples
-  per prompt, prompt-major) and keeps that order.
+  contiguous chunks whose sizes differ by at most one instead of padding (generation runs no per-item
+  collective, so no rank needs to do duplicate work; every rank is still called, possibly with an empty
+  list); an output list may be k times its input (n samples per prompt, prompt-major) and keeps that order.
 
 Resources: one GPU per worker on CUDA (fractional `gpus_per_worker` lets groups share GPUs);
 `cpus_per_worker` CPUs on CPU, fractional so that, e.g., an actor group and a critic group of two workers
@@ -159,15 +159,15 @@ class RayWorkerGroup:
         return ray.get([a.call.remote(method, c, **kwargs) for a, c in zip(self._actors, data.chunk(self.world_size))])
 
     def dispatch_dp_list(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
-        """Split a list into contiguous near-equal chunks, rank i gets chunk i (empty chunks are skipped),
-        outputs concatenated in order. An output of k * len(chunk) items (n samples per prompt) is fine."""
+        """Split a list into contiguous near-equal chunks, rank i gets chunk i, outputs concatenated in order.
+        Every rank is called, with an empty list if there are fewer items than ranks (so a method may run a
+        collective, e.g. a pending weight sync). An output of k * len(chunk) items (n samples per prompt) is fine."""
         items = list(items)
         base, extra = divmod(len(items), self.world_size)
         refs, start = [], 0
         for rank, actor in enumerate(self._actors):
             size = base + (1 if rank < extra else 0)
-            if size:
-                refs.append(actor.call.remote(method, items[start:start + size], *args, **kwargs))
+            refs.append(actor.call.remote(method, items[start:start + size], *args, **kwargs))
             start += size
         out: list[Any] = []
         for part in ray.get(refs):

@@ -104,6 +104,18 @@ def run(cfg: PPOConfig) -> dict:
             ray.shutdown()
 
 
+def compose_config(config_name: str = "ppo_trainer", overrides: list[str] | None = None) -> PPOConfig:
+    """The same config the command line would build, without running Hydra's main (tests, scripts)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        dcfg = compose(config_name=config_name, overrides=list(overrides or []))
+    data = OmegaConf.to_container(dcfg, resolve=True)
+    data.pop("hydra", None)
+    return load_config(data)
+
+
 def main() -> None:
     import hydra
     from omegaconf import OmegaConf

@@ -8,7 +8,8 @@ is the same on both. Torch threads per worker: `trainer.threads_per_worker`, or 
 
 The rollout engine is marked stale after every actor update and after a checkpoint load; `generate`
 syncs a stale engine first, so rollouts never run on old weights even if the driver forgets
-`sync_rollout_weights` (which it calls explicitly to time the sync).
+`sync_rollout_weights` (which it calls explicitly to time the sync). Both are collectives: call them on
+every rank (never with `execute_rank0`).
 """
 
 from __future__ import annotations
@@ -102,11 +103,16 @@ class ActorRolloutRefWorker(_FSDPWorker):
 
     # ------------------------------------------------------------------ rollout
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenOutput]:
-        """Token-id prompts -> len(prompts) * params.n outputs (prompt-major), on current weights."""
+        """Token-id prompts -> len(prompts) * params.n outputs (prompt-major), on current weights.
+
+        Call it on every rank (`dispatch_dp_list` does, with possibly empty lists): a stale engine is synced
+        first, which is a collective."""
         if self.rollout is None:
             raise RuntimeError("no rollout engine: call init_model(build_rollout=True) first")
         if self._rollout_stale:
             self.sync_rollout_weights()
+        if not prompts:
+            return []
         return self.rollout.generate(prompts, params)
 
     def sync_rollout_weights(self) -> float:

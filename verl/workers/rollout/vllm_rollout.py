@@ -7,11 +7,13 @@ is part of `token_ids`; `logprobs` are vLLM's default `raw_logprobs` (log-softma
 sampled token, before temperature/top-k/top-p), requested with `logprobs=0` (sampled token only).
 
 Weight sync (`update_weights`): the full HF-named state dict is written to `model.safetensors` in a private
-temp dir of this engine, then every worker reloads it in place with `collective_rpc("reload_weights",
-weights_path=dir)` and the prefix cache is reset. Sending tensors through `collective_rpc` fails
-(serialisation) and calling `model.load_weights` directly fails on CPU (weights are repacked after
-loading); a disk round trip of 135M fp32 params takes about a second. On GPU the same path works (a
-faster CUDA-IPC path would be an addition, not a change). Tied `lm_head.weight` is not written.
+temp dir of this engine, then every worker reloads it in place (`collective_rpc` of a method that our
+`VLLMWorkerExtension` adds to vLLM's worker) and the prefix cache is reset. Sending tensors through
+`collective_rpc` fails (serialisation) and calling `model.load_weights` directly fails on CPU (weights are
+repacked after loading); a disk round trip of 135M fp32 params takes about a second. Tied `lm_head.weight`
+is not written, and vLLM's plain `reload_weights` leaves a tied lm_head's packed CPU GEMM weight stale
+(logits keep using the old output embedding: found by the parity test), so the extension re-processes
+it after the reload. On GPU the same path works (a faster CUDA-IPC path would be an addition).
 
 CPU threads (`VLLM_CPU_OMP_THREADS_BIND`, read by vllm/utils/ompmultiprocessing.py): vLLM's default `auto`
 binds the worker's OpenMP threads to the cores of NUMA node `local_rank` minus one core reserved for the
@@ -83,6 +85,33 @@ def _environ(updates: dict[str, str | None]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+class VLLMWorkerExtension:
+    """Mixed into vLLM's worker class (`worker_extension_cls`); called by name through `collective_rpc`."""
+
+    def verl_reload_weights(self, weights_path: str) -> None:
+        """Reload HF-format weights from `weights_path` in place, then refresh a tied lm_head.
+
+        On CPU a linear layer's GEMM handler holds a packed copy of its weight, rebuilt by
+        `process_weights_after_loading`. vLLM's reload copies the new embedding into the shared tensor but
+        skips the tied `lm_head` (no checkpoint entry of its own), so its packed copy would stay stale:
+        logits from the old output embedding. Re-running the lm_head's weight processing fixes that (a no-op
+        on GPU, where the tied tensor is used directly).
+        """
+        from vllm.config import set_current_vllm_config
+
+        self.reload_weights(weights_path=weights_path)
+        model = self.model_runner.get_model()
+        lm_head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        weight, embed_weight = getattr(lm_head, "weight", None), getattr(embed, "weight", None)
+        if weight is None or embed_weight is None or weight.data_ptr() != embed_weight.data_ptr():
+            return
+        quant_method = getattr(lm_head, "quant_method", None)
+        if quant_method is not None:
+            with set_current_vllm_config(self.vllm_config):
+                quant_method.process_weights_after_loading(lm_head)
+
+
 class VLLMRollout:
     """`RolloutEngine` over `vllm.LLM`, with in-place weight reload from a private safetensors dir."""
 
@@ -128,6 +157,7 @@ class VLLMRollout:
             max_num_seqs=max_num_seqs,
             tensor_parallel_size=tensor_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
+            worker_extension_cls=f"{__name__}.VLLMWorkerExtension",
         )
         env: dict[str, str | None] = {}
         if on_cpu:
@@ -140,8 +170,12 @@ class VLLMRollout:
                 bind = cpu_bind_spec(rank, world_size, cpu_threads, tensor_parallel_size)
                 if bind is not None:
                     env["VLLM_CPU_OMP_THREADS_BIND"] = bind
-            logger.info("VLLMRollout rank %d/%d: OMP bind=%s", rank, world_size,
-                        env.get("VLLM_CPU_OMP_THREADS_BIND") or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"))
+            logger.info(
+                "VLLMRollout rank %d/%d: OMP bind=%s",
+                rank,
+                world_size,
+                env.get("VLLM_CPU_OMP_THREADS_BIND") or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
+            )
         self._weights_dir = tempfile.TemporaryDirectory(prefix="vllm-rollout-weights-")
         try:
             with _environ(env):
@@ -236,7 +270,7 @@ class VLLMRollout:
         tmp = os.path.join(directory, "model.tmp")
         save_file(tensors, tmp, metadata={"format": "pt"})
         os.replace(tmp, os.path.join(directory, "model.safetensors"))
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_path": directory})
+        self.llm.collective_rpc("verl_reload_weights", kwargs={"weights_path": directory})
         self.llm.reset_prefix_cache()
 
     # ----------------------------------------------------------------------------------------------- lifecycle
