@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     if launch.values["DRY_RUN"].lower() == "true":
         print(" ".join(cmd))
         return 0
-    if launch.values["DATA_PATH"].rstrip("/") == EMBEDDED_DATA and not (ROOT / EMBEDDED_DATA / "train.parquet").exists():
+    embedded_missing = not (ROOT / EMBEDDED_DATA / "train.parquet").exists()
+    if launch.values["DATA_PATH"].rstrip("/") == EMBEDDED_DATA and embedded_missing:
         subprocess.run([sys.executable, "-m", "zerosearch.data.world", "--out", str(ROOT / EMBEDDED_DATA)], check=True)
     server = None
     try:

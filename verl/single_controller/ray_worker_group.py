@@ -46,6 +46,12 @@ class _WorkerHost:
     def ready(self) -> bool:
         return True
 
+    def close(self) -> None:
+        """Let the worker release what it owns (e.g. a vLLM engine's processes) before the actor dies."""
+        close = getattr(self.worker, "close", None)
+        if callable(close):
+            close()
+
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.worker, method, None)
         if fn is None or not callable(fn):
@@ -175,9 +181,15 @@ class RayWorkerGroup:
         return out
 
     # ------------------------------------------------------------------ lifecycle
-    def shutdown(self) -> None:
-        """Kill the group's actors (their process group dies with them)."""
-        for a in getattr(self, "_actors", []):
+    def shutdown(self, close_timeout_s: float = 60.0) -> None:
+        """Ask every worker to `close()` (if it has one), then kill the actors (their process group dies too)."""
+        actors = getattr(self, "_actors", [])
+        if actors:
+            try:
+                ray.get([a.close.remote() for a in actors], timeout=close_timeout_s)
+            except Exception:  # a dead or hung worker must not block the shutdown
+                logger.warning("worker group %r: close() failed on some workers", self.name, exc_info=True)
+        for a in actors:
             try:
                 ray.kill(a, no_restart=True)
             except Exception:  # already dead

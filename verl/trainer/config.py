@@ -314,7 +314,8 @@ def validate(cfg: PPOConfig) -> PPOConfig:
     _check(t.total_training_steps >= 1, "trainer.total_training_steps must be >= 1")
     _check(d.max_prompt_length > 0 and d.max_response_length > 0,
            "data.max_prompt_length and data.max_response_length must be > 0")
-    _check(d.truncation in ("error", "left", "right"), f"data.truncation must be error|left|right, got {d.truncation!r}")
+    _check(d.truncation in ("error", "left", "right"),
+           f"data.truncation must be error|left|right, got {d.truncation!r}")
     _check(r.n >= 1, "actor_rollout_ref.rollout.n must be >= 1")
     from verl.trainer.ppo.core_algos import get_adv_estimator
 

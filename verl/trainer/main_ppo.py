@@ -8,6 +8,7 @@ key), starts Ray (CPU cores or GPUs), builds the worker groups and the plugged c
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
 
@@ -40,8 +41,9 @@ def init_ray(cfg: PPOConfig, device: str) -> None:
     if cfg.trainer.ray_address:
         ray.init(address=cfg.trainer.ray_address, **kwargs)
         return
-    if device == "cpu":
-        kwargs["num_cpus"] = max(os.cpu_count() or 1, int(cfg.world_size * cfg.trainer.cpus_per_worker + 0.999))
+    if device == "cpu":  # logical CPUs: the actor group, plus the critic group sharing the same cores
+        need = cfg.world_size * cfg.trainer.cpus_per_worker * (1.5 if cfg.use_critic else 1.0)
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
     ray.init(**kwargs)
 
 

