@@ -275,7 +275,7 @@ class RayPPOTrainer:
         self.actor_wg.execute_all("save_checkpoint", str(d / "actor"), self.global_step)
         if self.critic_wg is not None:
             self.critic_wg.execute_all("save_checkpoint", str(d / "critic"), self.global_step)
-        self.actor_wg.execute_rank0("save_hf_model", str(d / "huggingface"))
+        self.actor_wg.execute_all("save_hf_model", str(d / "huggingface"))
         state = {"global_step": self.global_step, "dataloader": self.train_iter.state_dict(),
                  "kl_coef": float(self.kl_ctrl.value)}
         ckpt.mark_complete(self._ckpt_root(), self.global_step, state)
