@@ -56,6 +56,7 @@ class FSDPConfig:
     param_offload: bool = False  # GPU only; ignored on CPU
     optimizer_offload: bool = False
     reshard_after_forward: bool = True
+    param_dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
 
 
 @dataclass
