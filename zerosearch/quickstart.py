@@ -18,7 +18,14 @@ from pathlib import Path
 from zerosearch import launch
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICKSTART_ARGS = ["EXPERIMENT_NAME", "quickstart", "LOGGER", "console,jsonl,wandb"]
+# Sized for a 2-core CPU and the 135M model (see README "Quickstart numbers"): one worker, 8 prompts x 4
+# samples per step, sampling at temperature 0.7 (the model rambles at 1.0), a small reward for a well-formed
+# answer so that groups where no sample is right still carry a signal, 64 validation questions.
+QUICKSTART_ARGS = [
+    "EXPERIMENT_NAME", "quickstart", "LOGGER", "console,jsonl,wandb", "TOTAL_STEPS", "8", "TRAIN_BATCH_SIZE", "8",
+    "ROLLOUT_N", "4", "LR", "5e-6", "actor_rollout_ref.rollout.temperature=0.7", "reward.format_reward=0.2",
+    "data.val_max_samples=64", "trainer.resume_mode=disable",
+]
 
 
 def read_val_rows(metrics_path: Path) -> list[dict]:
