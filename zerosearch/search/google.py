@@ -21,7 +21,14 @@ import serpapi
 
 from zerosearch.search.base import Doc, SearchRequest, SearchResult
 from zerosearch.search.config import SearchConfig, mask_secret
-from zerosearch.search.metrics import SearchMetrics, TransientError, blank_result, call_with_retries, failed_result
+from zerosearch.search.metrics import (
+    MeteredBackend,
+    SearchMetrics,
+    TransientError,
+    blank_result,
+    call_with_retries,
+    failed_result,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +68,7 @@ class _MaskSecret(logging.Filter):
 URL_LOGGERS = ("urllib3.connectionpool",)
 
 
-class GoogleBackend:
+class GoogleBackend(MeteredBackend):
     name = "google"
 
     def __init__(self, cfg: SearchConfig) -> None:
@@ -127,12 +134,7 @@ class GoogleBackend:
         if topk < 1:
             raise ValueError(f"topk must be >= 1, got {topk}")
         results = list(self._executor.map(lambda r: self._one(r, topk), requests))
-        for req, res in zip(requests, results):
-            self.metrics.record(req, res)
-        return results
-
-    def pop_metrics(self) -> dict[str, float]:
-        return self.metrics.pop()
+        return self._recorded(requests, results)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -11,10 +11,10 @@ import time
 from zerosearch.retriever.index import BM25Index
 from zerosearch.search.base import Doc, SearchRequest, SearchResult
 from zerosearch.search.config import SearchConfig
-from zerosearch.search.metrics import SearchMetrics, blank_result
+from zerosearch.search.metrics import MeteredBackend, SearchMetrics, blank_result
 
 
-class LocalBM25Backend:
+class LocalBM25Backend(MeteredBackend):
     name = "local"
 
     def __init__(self, cfg: SearchConfig) -> None:
@@ -41,12 +41,7 @@ class LocalBM25Backend:
                 title, text = passage.title_text
                 docs.append(Doc(title=title, text=text[: self.cfg.max_doc_chars]))
             results[i] = SearchResult(docs=docs, ok=True, latency_s=per_query)
-        for req, res in zip(requests, results):
-            self.metrics.record(req, res)
-        return results
-
-    def pop_metrics(self) -> dict[str, float]:
-        return self.metrics.pop()
+        return self._recorded(requests, results)
 
     def close(self) -> None:
         pass

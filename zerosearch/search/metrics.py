@@ -124,3 +124,17 @@ def blank_result() -> SearchResult:
 
 def failed_result(latency_s: float = 0.0) -> SearchResult:
     return SearchResult(docs=[], ok=False, latency_s=latency_s)
+
+
+class MeteredBackend:
+    """Shared tail of every backend: record each (request, result) pair and hand out the metrics."""
+
+    metrics: SearchMetrics
+
+    def _recorded(self, requests: list, results: list[SearchResult]) -> list[SearchResult]:
+        for req, res in zip(requests, results):
+            self.metrics.record(req, res)
+        return results
+
+    def pop_metrics(self) -> dict[str, float]:
+        return self.metrics.pop()

@@ -17,7 +17,14 @@ import httpx
 from zerosearch.retriever.index import split_contents
 from zerosearch.search.base import Doc, SearchRequest, SearchResult
 from zerosearch.search.config import SearchConfig
-from zerosearch.search.metrics import SearchMetrics, TransientError, blank_result, call_with_retries, failed_result
+from zerosearch.search.metrics import (
+    MeteredBackend,
+    SearchMetrics,
+    TransientError,
+    blank_result,
+    call_with_retries,
+    failed_result,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +43,7 @@ def docs_from_hits(hits: list, max_chars: int) -> list[Doc]:
     return docs
 
 
-class WikiBackend:
+class WikiBackend(MeteredBackend):
     name = "wiki"
 
     def __init__(self, cfg: SearchConfig) -> None:
@@ -88,12 +95,7 @@ class WikiBackend:
             for i, hits in zip(batch, rows):
                 docs = docs_from_hits(hits if isinstance(hits, list) else [], self.cfg.max_doc_chars)[:topk]
                 results[i] = SearchResult(docs=docs, ok=True, latency_s=per_query)
-        for req, res in zip(requests, results):
-            self.metrics.record(req, res)
-        return results
-
-    def pop_metrics(self) -> dict[str, float]:
-        return self.metrics.pop()
+        return self._recorded(requests, results)
 
     def close(self) -> None:
         self._http.close()
