@@ -20,6 +20,9 @@ HEADER = (
 
 def main() -> None:
     d = dataclasses.asdict(PPOConfig())
+    # Hydra must not configure logging nor write files (main_ppo.log, .hydra/) into the working directory.
+    d = {"defaults": [{"override hydra/job_logging": "none"}, {"override hydra/hydra_logging": "none"}, "_self_"],
+         **d}
     d["hydra"] = {"run": {"dir": "."}, "output_subdir": None, "job": {"chdir": False}}
     out = Path(__file__).resolve().parents[1] / "configs" / "ppo_trainer.yaml"
     out.write_text(HEADER + yaml.safe_dump(d, sort_keys=False))

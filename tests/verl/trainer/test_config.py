@@ -24,6 +24,7 @@ def _keys(d, prefix=""):
 def test_yaml_mirrors_dataclasses():
     y = yaml.safe_load((ROOT / "configs" / "ppo_trainer.yaml").read_text())
     y.pop("hydra")
+    y.pop("defaults")
     assert _keys(y) == _keys(dataclasses.asdict(PPOConfig()))
 
 
