@@ -97,6 +97,9 @@ def run(cfg: PPOConfig) -> dict:
     try:
         return trainer.fit()
     finally:
+        close = getattr(trainer.rollout_fn, "close", None)  # e.g. search backends' HTTP pools
+        if close is not None:
+            close()
         if trainer.tracker is not None:
             trainer.tracker.finish()
         for wg in (trainer.actor_wg, trainer.critic_wg):
