@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from verl.protocol import DataProto
+from verl.utils.plain import to_plain
 from verl.utils.rollout_batch import build_rollout_batch
 from verl.workers.rollout.base import GenOutput, RolloutEngine, SamplingParams
 from zerosearch.generation_config import GenerationConfig, open_tag_suffix, parse_action
@@ -306,19 +307,6 @@ def rollout_metrics(rows: Sequence[_Trajectory]) -> dict[str, float]:
     }
 
 
-def _plain(value: Any) -> Any:
-    """JSON-friendly copy of numpy scalars / arrays / nested lists."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
 def trajectory_records(batch_out: DataProto, k: int | None = None) -> list[dict[str, Any]]:
     """The first `k` rows (all if None) as JSON-ready dicts for JSONL files or wandb tables.
 
@@ -336,7 +324,7 @@ def trajectory_records(batch_out: DataProto, k: int | None = None) -> list[dict[
             "search_queries", "finished", "stop_reason")
     records = []
     for i in range(n):
-        rec = {key: _plain(nt[key][i]) for key in keys if key in nt}
+        rec = {key: to_plain(nt[key][i]) for key in keys if key in nt}
         rec["score"] = scores[i]
         records.append(rec)
     return records

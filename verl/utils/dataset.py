@@ -19,20 +19,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from verl.utils.plain import to_plain
+
 logger = logging.getLogger(__name__)
 
 PASSTHROUGH = ("question", "golden_answers", "data_source", "ability", "reward_model", "extra_info", "id")
-
-
-def _plain(value):
-    """pyarrow gives numpy arrays for list columns; turn nested values into plain python."""
-    if isinstance(value, np.ndarray):
-        return [_plain(v) for v in value.tolist()]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 class PromptDataset:
@@ -76,7 +67,7 @@ class PromptDataset:
         too_long = 0
         for i in range(len(df)):
             rec = df.iloc[i]
-            messages = _plain(rec[prompt_key])
+            messages = to_plain(rec[prompt_key])
             if apply_chat_template:
                 ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
                 if isinstance(ids, dict) or hasattr(ids, "input_ids"):
@@ -98,7 +89,7 @@ class PromptDataset:
             row = {"prompt_ids": ids, "raw_prompt": messages}
             for col in PASSTHROUGH:
                 if col in df.columns:
-                    row[col] = _plain(rec[col])
+                    row[col] = to_plain(rec[col])
             rm = row.get("reward_model") or {}
             gt = rm.get("ground_truth") if isinstance(rm, dict) else None
             if gt is None:

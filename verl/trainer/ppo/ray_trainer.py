@@ -24,20 +24,13 @@ from verl.trainer.ppo.components import WorkerGroupEngine
 from verl.trainer.ppo.metrics import aggregate_by_source, compute_data_metrics, compute_throughput_metrics
 from verl.utils import checkpoint as ckpt
 from verl.utils.dataset import BatchIterator, PromptDataset
+from verl.utils.plain import to_plain
 from verl.utils.timing import timer
 from verl.workers.rollout.base import SamplingParams
 
 logger = logging.getLogger(__name__)
 
 FORWARD_KEYS = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask"]
-
-
-def _plain(v):
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    return v
 
 
 class RayPPOTrainer:
@@ -260,7 +253,7 @@ class RayPPOTrainer:
     def _records(self, batch: DataProto, k: int) -> list[dict]:
         nt = batch.non_tensor_batch
         keys = [key for key in self.RECORD_KEYS if key in nt]
-        return [{key: _plain(nt[key][i]) for key in keys} for i in range(min(max(k, 0), len(batch)))]
+        return [{key: to_plain(nt[key][i]) for key in keys} for i in range(min(max(k, 0), len(batch)))]
 
     def _log_generations(self, name: str, batch: DataProto, k: int) -> None:
         if self.tracker is not None and k > 0:
