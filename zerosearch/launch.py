@@ -47,6 +47,8 @@ KEYS: dict[str, tuple[str, str]] = {
     "VAL_BEFORE_TRAIN": ("true", "validate before the first step"),
     "DEVICE": ("auto", "auto | cpu | cuda"),
     "ROLLOUT": ("vllm", "rollout engine: vllm | hf"),
+    "PRECISION": ("auto", "training compute dtype: auto | fp32 | bf16 (auto: bf16 on CUDA and on CPUs with "
+                          "native bf16, i.e. avx512_bf16 / AMX; fp32 elsewhere)"),
     "TRAIN_BATCH_SIZE": ("auto", "prompts per step"),
     "ROLLOUT_N": ("auto", "samples per prompt"),
     "LR": ("auto", "actor learning rate"),
@@ -150,6 +152,12 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
     for k, default in auto.items():
         if v[k] == "auto":
             v[k] = default
+    if v["PRECISION"] == "auto":
+        from verl.workers.fsdp_utils import cpu_has_native_bf16
+
+        v["PRECISION"] = "bf16" if not cpu or cpu_has_native_bf16() else "fp32"
+    if v["PRECISION"] not in ("fp32", "bf16"):
+        raise UsageError(f"PRECISION must be auto, fp32 or bf16, got {v['PRECISION']!r}")
     for k in ("SAVE_FREQ", "TEST_FREQ"):
         if v[k] == "auto":
             v[k] = v["TOTAL_STEPS"]
@@ -185,6 +193,8 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
         f"actor_rollout_ref.rollout.name={v['ROLLOUT']}",
         f"actor_rollout_ref.rollout.n={int(v['ROLLOUT_N'])}",
         f"actor_rollout_ref.actor.optim.lr={float(v['LR'])}",
+        f"actor_rollout_ref.actor.fsdp_config.param_dtype={v['PRECISION']}",
+        f"critic.fsdp_config.param_dtype={v['PRECISION']}",
         f"data.train_batch_size={int(v['TRAIN_BATCH_SIZE'])}",
         f"data.train_files=[{data}/train.parquet]",
         f"data.val_files=[{data}/test.parquet]",

@@ -79,6 +79,29 @@ def test_bad_number_names_the_key():
         build_overrides(parse_args("grpo", ["TOTAL_STEPS", "many"]), gpu=False)
 
 
+def test_precision_follows_the_hardware_unless_given():
+    from verl.workers.fsdp_utils import cpu_has_native_bf16
+
+    key = "actor_rollout_ref.actor.fsdp_config.param_dtype"
+    assert _ov(build_overrides(parse_args("grpo", []), gpu=True))[key] == "bf16"
+    assert _ov(build_overrides(parse_args("grpo", []), gpu=False))[key] == ("bf16" if cpu_has_native_bf16() else "fp32")
+    ov = _ov(build_overrides(parse_args("ppo", ["PRECISION", "fp32"]), gpu=True))
+    assert ov[key] == ov["critic.fsdp_config.param_dtype"] == "fp32"
+    with pytest.raises(UsageError, match="PRECISION must be"):
+        build_overrides(parse_args("grpo", ["PRECISION", "fp8"]), gpu=False)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from verl.workers.fsdp_utils import cpu_has_native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(str(info))
+    info.write_text("flags\t\t: fpu avx2 avx512f\n")
+    assert not cpu_has_native_bf16(str(info))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))
+
+
 @pytest.mark.parametrize("script", ["train_grpo.sh", "train_ppo.sh", "train_reinforce.sh"])
 def test_script_unknown_key_exits_2_with_the_list(script):
     r = subprocess.run(["bash", str(ROOT / script), "NOT_A_KEY", "1"], capture_output=True, text=True,

@@ -216,6 +216,14 @@ class PPOConfig:
         return self.actor_rollout_ref.actor.use_kl_loss or self.algorithm.use_kl_in_reward
 
     @property
+    def on_policy_update(self) -> bool:
+        """One epoch over one mini-batch: the policy that sampled is the policy being updated, so the old
+        log-probs equal the detached current ones and the separate old-log-prob pass is skipped."""
+        a = self.actor_rollout_ref.actor
+        return (a.ppo_epochs == 1 and a.ppo_mini_batch_size >= self.data.train_batch_size
+                and not self.algorithm.use_kl_in_reward)
+
+    @property
     def world_size(self) -> int:
         return self.trainer.n_gpus_per_node * self.trainer.nnodes
 

@@ -35,6 +35,20 @@ def test_defaults_load_and_interpolate():
 
 
 @pytest.mark.parametrize(
+    "data, actor, algorithm, expected",
+    [
+        ({"train_batch_size": 8}, {"ppo_mini_batch_size": 8}, {}, True),
+        ({"train_batch_size": 8}, {"ppo_mini_batch_size": 4}, {}, False),  # two optimizer steps per batch
+        ({"train_batch_size": 8}, {"ppo_mini_batch_size": 8, "ppo_epochs": 2}, {}, False),
+        ({"train_batch_size": 8}, {"ppo_mini_batch_size": 8}, {"use_kl_in_reward": True}, False),  # needs them
+    ],
+)
+def test_on_policy_update_decides_the_old_log_prob_pass(data, actor, algorithm, expected):
+    cfg = load_config({"data": data, "actor_rollout_ref": {"actor": actor}, "algorithm": algorithm})
+    assert cfg.on_policy_update is expected
+
+
+@pytest.mark.parametrize(
     "override, needle",
     [
         ({"data": {"train_batch_sise": 4}}, "data.train_batch_sise"),

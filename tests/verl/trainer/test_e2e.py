@@ -83,6 +83,10 @@ def test_two_steps_finite(data, tmp_path, adv):
     for r in rows:
         for k in ("actor/pg_loss", "actor/grad_norm", "critic/score/mean", "timing_s/gen", "perf/throughput"):
             assert k in r and math.isfinite(r[k]), (k, r.get(k))
+    # one epoch over one mini-batch without KL in the reward: the old-log-prob pass is skipped, ratio is 1
+    assert ("timing_s/old_log_prob" in rows[-1]) == (adv == "gae")
+    if adv != "gae":
+        assert all(abs(r["actor/ppo_kl"]) < 1e-6 and r["actor/pg_clipfrac"] == 0 for r in rows)
     if adv == "gae":
         assert math.isfinite(rows[-1]["critic/vf_loss"])
     else:

@@ -3,6 +3,10 @@
 The driver holds the data, the rollout and reward functions and the algorithm math; worker groups hold
 the models (FSDP2 actor + reference + rollout engine colocated in one process per rank; the critic in a
 second group). One step is the list of named methods in `fit()`; each is timed as `timing_s/<name>`.
+
+Departure from verl: when the update is on-policy (one epoch over one mini-batch, no KL in the reward) the
+old-log-prob pass is skipped; the actor takes its own detached log-probs as the old ones (ratio 1, the same
+gradient), which saves one forward pass over the batch per step.
 """
 
 from __future__ import annotations
@@ -77,8 +81,9 @@ class RayPPOTrainer:
                     self._compute_reward(batch, m)
                 self._log_generations("train/generations", batch, t.log_train_generations)
                 self._balance(batch)
-                with timer("old_log_prob", m):
-                    self._compute_old_log_prob(batch, m)
+                if not self.cfg.on_policy_update:  # else the actor uses its own detached log-probs
+                    with timer("old_log_prob", m):
+                        self._compute_old_log_prob(batch, m)
                 if self.cfg.use_ref:
                     with timer("ref", m):
                         self._compute_ref_log_prob(batch)
