@@ -332,22 +332,3 @@ def score_batch(
         )
     per_sample = [compute_score(r, gt, cfg=cfg) for r, gt in zip(responses, ground_truths)]
     return [m["score"] for m in per_sample], per_sample
-
-
-def aggregate_by_source(metrics: Sequence[Mapping[str, float]], data_sources: Sequence[str]) -> dict[str, float]:
-    """Means of every metric per data source and overall: `{source}/em`, ..., `{source}/count`, `overall/...`."""
-    if len(metrics) != len(data_sources):
-        raise ValueError(f"aggregate_by_source got {len(metrics)} metric dicts but {len(data_sources)} data sources")
-    groups: dict[str, list[Mapping[str, float]]] = {}
-    for m, src in zip(metrics, data_sources):
-        groups.setdefault(str(src), []).append(m)
-    if metrics:
-        groups["overall"] = list(metrics)
-    out: dict[str, float] = {}
-    for src, rows in groups.items():
-        keys = sorted({k for row in rows for k in row})
-        for k in keys:
-            vals = [float(row[k]) for row in rows if k in row]
-            out[f"{src}/{k}"] = sum(vals) / len(vals)
-        out[f"{src}/count"] = float(len(rows))
-    return out

@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from verl.trainer.ppo.metrics import aggregate_by_source
 from zerosearch.reward import (
     RewardConfig,
-    aggregate_by_source,
     check_format,
     compute_score,
     exact_match,
@@ -206,13 +206,13 @@ def test_score_batch_and_aggregate():
     assert scores == [1.0, 0.0, 0.0]
     scores_f1, per_f1 = score_batch(responses, golds, sources, RewardConfig(metric="f1"))
     assert scores_f1 == pytest.approx([1.0, 0.8, 0.0])  # "big apple city" vs "big apple": P=2/3, R=1
-    agg = aggregate_by_source(per_f1, sources)
-    assert agg["nq/em"] == pytest.approx(0.5)
-    assert agg["nq/f1"] == pytest.approx(0.9)
-    assert agg["nq/substring"] == pytest.approx(1.0)
-    assert agg["nq/count"] == 2 and agg["hotpotqa/count"] == 1
-    assert agg["hotpotqa/has_answer"] == 0.0
-    assert agg["overall/f1"] == pytest.approx(1.8 / 3) and agg["overall/count"] == 3
+    agg = aggregate_by_source(per_f1, sources, prefix="val")  # the trainer's per-source validation table
+    assert agg["val/nq/em"] == pytest.approx(0.5)
+    assert agg["val/nq/f1"] == pytest.approx(0.9)
+    assert agg["val/nq/substring"] == pytest.approx(1.0)
+    assert agg["val/nq/count"] == 2 and agg["val/hotpotqa/count"] == 1
+    assert agg["val/hotpotqa/has_answer"] == 0.0
+    assert agg["val/overall/f1"] == pytest.approx(1.8 / 3) and agg["val/overall/count"] == 3
     assert aggregate_by_source([], []) == {}
 
 

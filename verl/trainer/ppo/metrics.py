@@ -46,16 +46,22 @@ def compute_throughput_metrics(batch: DataProto, step_time: float, n_workers: in
 
 
 def aggregate_by_source(per_sample: list[dict], sources, prefix: str = "val") -> dict[str, float]:
-    """Mean of every numeric per-sample metric per data_source and overall, plus row counts."""
+    """Mean of every numeric per-sample metric per data_source and overall, plus row counts:
+    `{prefix}/{source}/{metric}`, `{prefix}/{source}/count`, `{prefix}/overall/...`."""
+    sources = list(sources)
+    if len(per_sample) != len(sources):
+        raise ValueError(f"aggregate_by_source got {len(per_sample)} metric dicts but {len(sources)} data sources")
     buckets: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    counts: dict[str, int] = defaultdict(int)
     for rec, src in zip(per_sample, sources):
-        for k, v in rec.items():
-            if isinstance(v, (bool, int, float, np.floating, np.integer)):
-                buckets[str(src)][k].append(float(v))
-                buckets["overall"][k].append(float(v))
+        for group in (str(src), "overall"):
+            counts[group] += 1
+            for k, v in rec.items():
+                if isinstance(v, (bool, int, float, np.floating, np.integer)):
+                    buckets[group][k].append(float(v))
     out = {}
-    for src, metrics in buckets.items():
-        for k, vals in metrics.items():
+    for src, n in counts.items():
+        for k, vals in buckets[src].items():
             out[f"{prefix}/{src}/{k}"] = float(np.mean(vals))
-        out[f"{prefix}/{src}/count"] = float(len(next(iter(metrics.values()))))
+        out[f"{prefix}/{src}/count"] = float(n)
     return out
