@@ -38,15 +38,23 @@ non-tensor keys plus `response_text` (response only, observations included, spec
 length | no_answer | max_turns), `search_queries`; `meta_info["metrics"]`: `env/*`, the backend's `search/*`
 and `search/noise_p`.
 
-Not done yet (measured by a later benchmark): overlapping the search calls of rows that have finished a turn
-with the generation of rows that are still decoding; today each turn is generate-all, then search-all.
+Overlap of search with generation (`overlap_chunks` = C > 1, opt-in): the batch is split into C contiguous
+chunks, each played turn by turn on its own; the chunks take turns on the engine in a fixed round-robin order,
+and a chunk's searches run in one background thread while the next chunks generate (C = 1, the default: each
+turn is generate-all, then search-all, in the calling thread). A chunk waits only for its own searches. The
+round-robin order is fixed and the background thread is single, so backend calls happen in a fixed order (a
+seeded simulator draws the same noise), and a greedy engine whose output for a row does not depend on the other
+rows of its batch gives exactly the synchronous trajectories. What it buys depends on the split between
+generation and search time (benchmarks/bench_rollout.py): smaller engine batches cost throughput, and the gain
+is at most the shorter of the two. Sampling seeds: chunk c of turn t uses seed*1009 + t + 7919*c.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,7 +66,7 @@ from verl.utils.rollout_batch import build_rollout_batch
 from verl.workers.rollout.base import GenOutput, RolloutEngine, SamplingParams
 from zerosearch.generation_config import GenerationConfig, open_tag_suffix, parse_action
 from zerosearch.generation_observation import ObservationRenderer
-from zerosearch.search.base import SearchBackend, SearchRequest, format_docs
+from zerosearch.search.base import SearchBackend, SearchRequest, SearchResult, format_docs
 
 logger = logging.getLogger(__name__)
 
@@ -139,20 +147,13 @@ class SearchRolloutManager:
             )
         rows = self._init_rows(batch)
         noise_p = float(self.noise_schedule(step)) if self.noise_schedule is not None else 0.0
-        for turn in range(cfg.max_turns):
-            active = self._active(rows)
-            if not active:
-                break
-            outputs = self._generate(active, params, cfg.stop, turn)
-            searching = [(row, query) for row, out in zip(active, outputs)
-                         if (query := self._consume(row, out, final=False)) is not None]
-            self._search(searching, noise_p)
-        if cfg.final_turn == "answer":
-            active = self._active(rows)
-            if active:
-                outputs = self._generate(active, params, cfg.final_stop, cfg.max_turns)
-                for row, out in zip(active, outputs):
-                    self._consume(row, out, final=True)
+        n_chunks = min(cfg.overlap_chunks, len(rows))
+        if n_chunks <= 1:
+            for searching in self._play(rows, params, chunk=0):
+                self._apply(searching, self._call_backend(searching, noise_p))
+        else:
+            bounds = np.linspace(0, len(rows), n_chunks + 1).round().astype(int)
+            self._play_overlapped([rows[a:b] for a, b in zip(bounds[:-1], bounds[1:])], params, noise_p)
         for row in rows:
             if not row.done:
                 row.end("max_turns")
@@ -203,9 +204,47 @@ class SearchRolloutManager:
                 active.append(row)
         return active
 
+    def _play(self, rows: list[_Trajectory], params: SamplingParams, chunk: int
+              ) -> Iterator[list[tuple[_Trajectory, str]]]:
+        """Play `rows` turn by turn. After each search turn it yields the (row, query) pairs to search; the
+        caller must have appended their observations (`_apply`) before it resumes the generator."""
+        cfg = self.cfg
+        for turn in range(cfg.max_turns):
+            active = self._active(rows)
+            if not active:
+                return
+            outputs = self._generate(active, params, cfg.stop, turn, chunk)
+            yield [(row, query) for row, out in zip(active, outputs)
+                   if (query := self._consume(row, out, final=False)) is not None]
+        if cfg.final_turn == "answer":
+            active = self._active(rows)
+            if active:
+                outputs = self._generate(active, params, cfg.final_stop, cfg.max_turns, chunk)
+                for row, out in zip(active, outputs):
+                    self._consume(row, out, final=True)
+
+    def _play_overlapped(self, chunks: list[list[_Trajectory]], params: SamplingParams, noise_p: float) -> None:
+        """Round-robin over the chunks: a chunk waits for its own previous searches, generates its next turn,
+        and hands that turn's searches to the (single) background search thread."""
+        players = [self._play(rows, params, chunk=c) for c, rows in enumerate(chunks)]
+        pending: list[tuple[list[tuple[_Trajectory, str]], Future] | None] = [None] * len(players)
+        live = list(range(len(players)))
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zs-search") as pool:
+            while live:
+                for c in list(live):
+                    if pending[c] is not None:
+                        searching, future = pending[c]
+                        pending[c] = None
+                        self._apply(searching, future.result())
+                    searching = next(players[c], None)
+                    if searching is None:
+                        live.remove(c)
+                    elif searching:
+                        pending[c] = (searching, pool.submit(self._call_backend, searching, noise_p))
+
     def _generate(self, active: list[_Trajectory], params: SamplingParams, stop: list[str],
-                  turn: int) -> list[GenOutput]:
-        seed = None if params.seed is None else (int(params.seed) * 1009 + turn) % (2**63)
+                  turn: int, chunk: int = 0) -> list[GenOutput]:
+        seed = None if params.seed is None else (int(params.seed) * 1009 + turn + 7919 * chunk) % (2**63)
         turn_params = dataclasses.replace(params, n=1, stop=list(stop), logprobs=False, seed=seed,
                                           max_tokens=max(self._remaining(r) for r in active))
         outputs = self.engine.generate([row.prompt + row.ids for row in active], turn_params)
@@ -250,16 +289,21 @@ class SearchRolloutManager:
                 row.append(message, 0)
         return None
 
-    def _search(self, searching: list[tuple[_Trajectory, str]], noise_p: float) -> None:
-        """One batched backend call; request i carries row i's own question and gold answers."""
+    def _call_backend(self, searching: list[tuple[_Trajectory, str]], noise_p: float) -> list[SearchResult]:
+        """One batched backend call; request i carries row i's own question and gold answers. Touches no row
+        (it may run in the background search thread)."""
         if not searching:
-            return
+            return []
         requests = [SearchRequest(query=q, question=row.question, golden_answers=list(row.golden_answers),
                                   noise_p=noise_p) for row, q in searching]
         results = self.backend.search(requests, self.cfg.topk)
         if len(results) != len(requests):
             raise RuntimeError(f"search backend {self.backend.name!r} returned {len(results)} results "
                                f"for {len(requests)} requests")
+        return results
+
+    def _apply(self, searching: list[tuple[_Trajectory, str]], results: list[SearchResult]) -> None:
+        """Append each row's observation (tokenised here, in the calling thread)."""
         for (row, _), result in zip(searching, results):
             obs = self.renderer.observation(format_docs(result), self._remaining(row),
                                             row.ids[-1] if row.ids else None)

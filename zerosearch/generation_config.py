@@ -50,6 +50,9 @@ class GenerationConfig:
         the corrective message is inserted and the policy generates again).
     final_turn: "answer" (one last generation, stop only at `</answer>`) or "none" (trajectories still
         active after max_turns end there).
+    overlap_chunks: 1 (default): each turn generates all active rows, then searches for all of them. C > 1:
+        the batch is split into C chunks that take turns on the engine while the previous chunks' searches run
+        in a background thread (overlap of search with generation; see zerosearch/generation.py).
     """
 
     max_turns: int = 2
@@ -65,6 +68,7 @@ class GenerationConfig:
     on_eos_without_action: str = "finish"
     final_turn: str = "answer"
     truncate_prompt: bool = False
+    overlap_chunks: int = 1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -74,7 +78,8 @@ class GenerationConfig:
             if not cond:
                 raise ValueError(f"{section}.{key} {msg}")
 
-        for key in ("max_turns", "max_prompt_length", "max_response_length", "max_obs_length", "topk"):
+        for key in ("max_turns", "max_prompt_length", "max_response_length", "max_obs_length", "topk",
+                    "overlap_chunks"):
             value = getattr(self, key)
             low = 0 if key == "max_turns" else 1
             need(isinstance(value, int) and not isinstance(value, bool) and value >= low, key,

@@ -21,7 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # Sized for a 2-core CPU and the 135M model (see README "Quickstart numbers"): one worker, 8 prompts x 4
 # samples per step, sampling at temperature 0.7 (the model rambles at 1.0), a small reward for a well-formed
 # answer so that groups where no sample is right still carry a signal, 64 validation questions, and no KL
-# loss (beta 0, as TRL's default), which saves the reference forward pass (~30 s of a ~230 s CPU step).
+# loss (beta 0, as TRL's default), which saves the reference forward pass. With bf16 compute (PRECISION auto)
+# and no old-log-prob pass a step takes ~2 minutes; the whole job ~15 minutes.
 QUICKSTART_ARGS = [
     "EXPERIMENT_NAME", "quickstart", "LOGGER", "console,jsonl,wandb", "TOTAL_STEPS", "4", "TRAIN_BATCH_SIZE", "8",
     "ROLLOUT_N", "4", "LR", "5e-6", "actor_rollout_ref.rollout.temperature=0.7", "reward.format_reward=0.2",

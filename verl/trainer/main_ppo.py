@@ -128,6 +128,7 @@ def main() -> None:
     @hydra.main(config_path=CONFIG_DIR, config_name="ppo_trainer", version_base=None)
     def _main(dcfg) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per search request otherwise
         try:
             cfg = load_config(OmegaConf.to_container(dcfg, resolve=True))
         except ConfigError as e:
