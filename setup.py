@@ -37,7 +37,7 @@ EXTRAS = {
     "gpu": ["vllm", "flash-attn", "sglang"],
     "dense": ["faiss-cpu", "sentence-transformers"],
     "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "psutil"],
-    "bench": ["trl", "matplotlib", "psutil", "py-spy"],
+    "bench": ["trl==1.16.0", "matplotlib", "psutil", "py-spy"],
 }
 
 setup(
