@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_learning.jsonl"
 PLOTS = ROOT / "benchmarks" / "plots"
 ARMS = {"base": "local", "simulate_prompt": "simulate_prompt", "local": "local"}  # arm -> SEARCH_MODE
-SMOKE_ARGS = ["TRAIN_BATCH_SIZE", "2", "ROLLOUT_N", "2", "data.val_max_samples=8"]
+SMOKE_ARGS = ["TRAIN_BATCH_SIZE", "2", "ROLLOUT_N", "2", "data.val_max_samples=8",
+              "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"]
 TRAIN_KEYS = ("critic/score/mean", "reward/em", "reward/f1", "reward/has_answer", "reward/format_ok",
               "env/number_of_valid_search", "search/latency_s", "timing_s/step", "timing_s/gen",
               "timing_s/update_actor", "response_length/mean")

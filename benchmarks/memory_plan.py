@@ -15,10 +15,15 @@ Training process (one FSDP rank, N ranks, P parameters, bf16 compute with fp32 m
         with checkpointing: b T (L 2h + a_layer)     layer inputs kept, one layer recomputed at a time
         + logits head:      b R V 14 bytes           our log-prob path keeps logits for the response positions: bf16
                                                      logits 2 + fp32 copy 4 + softmax/entropy or gradient temporaries 8
+    no-sync grads     = +4 P   with gradient accumulation over micro-batches our actor skips the reduce-scatter
+                        before the last micro-batch (`set_requires_gradient_sync(False)`); FSDP2 then keeps the
+                        *unsharded* gradients, in the fp32 reduce dtype, on every rank: 4 P, not 4 P / N, alive
+                        through the next micro-batch's forward (within a single pass they fill up while the logits
+                        are freed, which is why --calibrate's one-pass no-sync check adds little)
     optimizer step    = +4 P / N transient (foreach AdamW's sqrt(exp_avg_sq) temporaries)
     weight sync       = +8 P transient in the current code (full fp32 state dict gathered on every rank, 4 P, plus the
                         safetensors serialisation buffer, 4 P, in host RAM), written to disk and reloaded by vLLM
-    peak = runtime + states + reference + max(bf16 copies + activations, optimizer step, weight sync)
+    peak = runtime + states + reference + max(bf16 copies + activations + no-sync grads, optimizer step, weight sync)
 Rollout engine (vLLM, one engine per rank, TP 1): weights w P (fp32 on CPU, bf16 on GPU) + KV cache
 (`kv_cache_space_gb` on CPU; on GPU gpu_memory_utilization x 80 GB minus weights and activations), KV per token
 2 L h_kv bytes(dtype). On CPU vLLM also repacks the linear weights for its GEMM kernels (another w P).
@@ -93,16 +98,18 @@ def activations(d: Dims, rows: int, seq: int, resp: int, ckpt: bool) -> tuple[fl
     return float(layers), float(rows * resp * d.vocab * HEAD_BYTES)
 
 
-def train_memory(d: Dims, *, shards: int, rows: int, seq: int, resp: int, ckpt: bool, ref: bool,
+def train_memory(d: Dims, *, shards: int, rows: int, seq: int, resp: int, ckpt: bool, ref: bool, accum: bool,
                  runtime: float = 0.0) -> dict[str, float]:
     """Components (bytes) of one training rank and its peak; see the module docstring."""
     P = d.params()
     layer_act, head_act = activations(d, rows, seq, resp, ckpt)
     c = {"runtime": runtime, "states 16P/N": 16 * P / shards, "reference 4P/N": 4 * P / shards if ref else 0.0,
          "bf16 gathered": 2.0 * (d.root_params() + 2 * d.layer_params()), "act layers": layer_act,
-         "act logits": head_act, "optimizer step +4P/N": 4 * P / shards, "weight sync +8P": 8.0 * P}
+         "act logits": head_act, "no-sync grads 4P": 4.0 * P if accum else 0.0,
+         "optimizer step +4P/N": 4 * P / shards, "weight sync +8P": 8.0 * P}
     base = c["runtime"] + c["states 16P/N"] + c["reference 4P/N"]
-    fwd_bwd = c["bf16 gathered"] + layer_act + head_act
+    # the unsharded grads of micro-batch k stay alive through the forward of micro-batch k+1: they add up
+    fwd_bwd = c["bf16 gathered"] + layer_act + head_act + c["no-sync grads 4P"]
     c["peak"] = base + max(fwd_bwd, c["optimizer step +4P/N"], c["weight sync +8P"])
     c["peak fwd/bwd"] = base + fwd_bwd
     return c
@@ -117,18 +124,19 @@ def cpu_table(results: Path, runtime: float, vllm_runtime: float, prompt_tokens:
         r = json.loads(line)
         if "prompts" in r:
             latest[(r["prompts"], r["max_response_length"])] = r
-    out = ["| point | act layers GB | act logits GB | formula actor worker GB | measured GB | formula vLLM worker GB "
-           "| measured GB |", "|---|---|---|---|---|---|---|"]
+    out = ["| point | act layers GB | act logits GB | formula actor worker GB | measured GB | ratio | "
+           "formula vLLM worker GB | measured GB | ratio |", "|---|---|---|---|---|---|---|---|---|"]
     for (prompts, length), r in sorted(latest.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         rows = min(r["micro_batch_per_gpu"], r["batch_rows"])
         m = train_memory(d, shards=1, rows=rows, seq=prompt_tokens + length, resp=length, ckpt=False, ref=False,
-                         runtime=runtime)
+                         accum=r["batch_rows"] > rows, runtime=runtime)
         kv = 1.0 * GIB  # actor_rollout_ref.rollout.kv_cache_space_gb
         vllm = vllm_runtime + 2 * 4 * P + kv  # fp32 weights + the CPU GEMM repack of them
-        meas = r["roles"]
+        actor = r["roles"].get("actor_worker", {}).get("peak_rss_mb", 0) * MIB
+        engine = r["roles"].get("vllm_worker", {}).get("peak_rss_mb", 0) * MIB
         out.append(f"| {prompts}x{length} | {m['act layers'] / GB:.2f} | {m['act logits'] / GB:.2f} | "
-                   f"{m['peak'] / GB:.2f} | {meas.get('actor_worker', {}).get('peak_rss_mb', 0) * MIB / GB:.2f} | "
-                   f"{vllm / GB:.2f} | {meas.get('vllm_worker', {}).get('peak_rss_mb', 0) * MIB / GB:.2f} |")
+                   f"{m['peak'] / GB:.2f} | {actor / GB:.2f} | {actor / m['peak']:.2f} | {vllm / GB:.2f} | "
+                   f"{engine / GB:.2f} | {engine / vllm:.2f} |")
     return "\n".join(out)
 
 
@@ -144,16 +152,19 @@ def gpu_plan(d: Dims, *, gpus: int = 4, hbm: float = 80 * GB, per_gpu_traj: int 
              "", f"- vLLM (TP 1, bf16): weights 2P = {2 * P / GB:.1f} GB, activations ~{vllm_act / GB:.0f} GB, KV for "
              f"all trajectories at once {per_gpu_traj} x {seq} x {d.kv_per_token(2) / 1e3:.1f} kB = "
              f"{kv_need / GB:.1f} GB -> needs gpu_memory_utilization >= {util:.2f} ({vllm_need / GB:.1f} GB)",
-             "", "| micro rows/GPU | states 16P/4 | ref 4P/4 | bf16 gathered | act layers (ckpt) | act logits | "
-             "train peak | + vLLM + context | fits 80 GB | sync peak (current code) |", "|" + "---|" * 10]
+             "", "| micro rows/GPU | grads between micro-batches | states 16P/4 | ref 4P/4 | bf16 gathered | "
+             "act layers (ckpt) | act logits | no-sync grads 4P | train peak | + vLLM + context | fits 80 GB | "
+             "sync peak (current code) |", "|" + "---|" * 12]
     for rows in micro_rows:
-        m = train_memory(d, shards=gpus, rows=rows, seq=seq, resp=resp, ckpt=True, ref=True)
-        total = m["peak fwd/bwd"] + vllm_need + context
-        sync = m["states 16P/N"] + m["reference 4P/N"] + 4 * P + vllm_need + context  # 4P of the 8P is on the GPU
-        lines.append(f"| {rows} | {m['states 16P/N'] / GB:.1f} | {m['reference 4P/N'] / GB:.1f} | "
-                     f"{m['bf16 gathered'] / GB:.1f} | {m['act layers'] / GB:.1f} | {m['act logits'] / GB:.1f} | "
-                     f"{m['peak fwd/bwd'] / GB:.1f} | {total / GB:.1f} | {'yes' if total <= hbm else 'NO'} | "
-                     f"{sync / GB:.1f} |")
+        for accum in (True, False):
+            m = train_memory(d, shards=gpus, rows=rows, seq=seq, resp=resp, ckpt=True, ref=True, accum=accum)
+            total = m["peak fwd/bwd"] + vllm_need + context
+            sync = m["states 16P/N"] + m["reference 4P/N"] + 4 * P + vllm_need + context  # 4P of the 8P on the GPU
+            lines.append(f"| {rows} | {'unsharded (no-sync)' if accum else 'reduce-scattered'} | "
+                         + " | ".join(f"{m[k] / GB:.1f}" for k in ("states 16P/N", "reference 4P/N", "bf16 gathered",
+                                                                    "act layers", "act logits", "no-sync grads 4P",
+                                                                    "peak fwd/bwd"))
+                         + f" | {total / GB:.1f} | {'yes' if total <= hbm else 'NO'} | {sync / GB:.1f} |")
     return "\n".join(lines)
 
 
@@ -172,7 +183,7 @@ def print_plan(results: Path = RESULTS) -> None:
     print("\n## GPU plan: 4 x 80 GB, FSDP full shard over 4, colocated vLLM, GRPO with KL (reference model), "
           "gradient checkpointing\n")
     for d in (QWEN25_3B, QWEN25_7B):
-        print(gpu_plan(d), "\n")
+        print(gpu_plan(d) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------- calibration
