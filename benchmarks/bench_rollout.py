@@ -205,15 +205,14 @@ def plot(jsonl: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     latest: dict = {}
-    settings: dict = {}
     for ln in Path(jsonl).read_text().splitlines():
         r = json.loads(ln)
-        latest[(r["engine"], r["backend"], r["overlap_chunks"])] = r["median"]
-        settings = r["settings"]
+        rows = r["settings"]["prompts"] * r["settings"]["n"]
+        latest[(rows, r["engine"], r["backend"], r["overlap_chunks"])] = r["median"]
     if not latest:
         return
     keys = sorted(latest)
-    labels = [f"{e}\n{b}\nchunks={c}" for e, b, c in keys]
+    labels = [f"{e} {b}\nchunks={c}\n{n} traj" for n, e, b, c in keys]
     med = [latest[k] for k in keys]
     x = np.arange(len(keys))
     fig, (a, b) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(keys) + 4), 4.5))
@@ -229,8 +228,8 @@ def plot(jsonl: str, path: Path) -> None:
     b.bar(x, [m["tokens_per_s"] for m in med])
     b.set_xticks(x, labels, fontsize=7)
     b.set(ylabel="generated tokens / s (median)", title="Rollout throughput")
-    fig.suptitle(f"{settings['prompts']} prompts x {settings['n']} samples, <= {settings['max_turns']} search turns "
-                 f"+ final, {settings['max_response_length']} response tokens, 2-core CPU", fontsize=9)
+    fig.suptitle("search rollouts on the embedded world (<= 2 search turns + final, 320 response tokens), 2-core CPU",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

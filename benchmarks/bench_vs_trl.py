@@ -223,6 +223,8 @@ def run_ours(args, kl: float, data: Path, work: Path) -> dict:
             f"actor_rollout_ref.actor.use_kl_loss={kl > 0}", f"actor_rollout_ref.actor.kl_loss_coef={kl}",
             "actor_rollout_ref.actor.kl_loss_type=low_var_kl", "actor_rollout_ref.actor.loss_agg_mode=token-mean",
             f"actor_rollout_ref.actor.fsdp_config.param_dtype={args.dtype}",
+            f"actor_rollout_ref.actor.fsdp_config.reshard_after_forward={args.reshard}",
+            f"actor_rollout_ref.rollout.kv_cache_space_gb={args.kv_gb}",
             f"actor_rollout_ref.rollout.name={args.engine}", f"actor_rollout_ref.rollout.n={N_SAMPLES}",
             "actor_rollout_ref.rollout.temperature=1.0",
             f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={args.ref_micro or micro}",
@@ -319,7 +321,8 @@ def one(args) -> dict:
                         else "bf16 (autocast)", "warmup_steps": args.warmup, "measured_steps": args.steps,
                         "n_gpus_per_node": args.gpus if args.only == "ours" else None, "engine": args.engine,
                         "micro_batch": (args.micro or N_PROMPTS * N_SAMPLES // args.gpus) if args.only == "ours"
-                        else args.trl_micro, "ref_micro_batch": args.ref_micro or None},
+                        else args.trl_micro, "ref_micro_batch": args.ref_micro or None,
+                        "reshard_after_forward": args.reshard, "kv_cache_space_gb": args.kv_gb},
            **res, "median_step_s": statistics.median(measured) if measured else None,
            "median_gen_s": statistics.median([g for g in res["gen_s"][args.warmup:] if g is not None] or [0]),
            "wall_s": round(wall, 1), **mem.result()}
@@ -336,11 +339,13 @@ def main() -> None:
     ap.add_argument("--only", choices=["trl", "ours"], help="run one variant in this process")
     ap.add_argument("--kl", default="0", help="KL coefficient (with --only); without --only both 0 and 0.001")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=4, help="measured steps after the warm-up")
-    ap.add_argument("--gpus", type=int, default=1, help="ours: trainer.n_gpus_per_node (CPU worker processes)")
-    ap.add_argument("--micro", type=int, default=0, help="ours: micro-batch per worker (0: whole batch)")
+    ap.add_argument("--steps", type=int, default=6, help="measured steps after the warm-up")
+    ap.add_argument("--gpus", type=int, default=2, help="ours: trainer.n_gpus_per_node (CPU worker processes)")
+    ap.add_argument("--micro", type=int, default=4, help="ours: micro-batch per worker (0: whole batch)")
+    ap.add_argument("--reshard", default="false", help="ours: fsdp_config.reshard_after_forward")
+    ap.add_argument("--kv-gb", type=float, default=0.25, help="ours: rollout.kv_cache_space_gb per engine")
     ap.add_argument("--ref-micro", type=int, default=0, help="ours: reference log-prob micro-batch (0: --micro)")
-    ap.add_argument("--trl-micro", type=int, default=8,
+    ap.add_argument("--trl-micro", type=int, default=16,
                     help="TRL: per_device_train_batch_size; gradient accumulation makes it one 8x4 step")
     ap.add_argument("--dtype", default="bf16", help="ours: actor.fsdp_config.param_dtype")
     ap.add_argument("--engine", default="vllm", help="ours: rollout engine")
@@ -355,7 +360,8 @@ def main() -> None:
     else:
         base = [sys.executable, __file__, "--warmup", str(args.warmup), "--steps", str(args.steps), "--gpus",
                 str(args.gpus), "--micro", str(args.micro), "--ref-micro", str(args.ref_micro), "--trl-micro",
-                str(args.trl_micro), "--dtype", args.dtype, "--engine", args.engine, "--tag", args.tag]
+                str(args.trl_micro), "--reshard", args.reshard, "--kv-gb", str(args.kv_gb), "--dtype", args.dtype,
+                "--engine", args.engine, "--tag", args.tag]
         for kl in ("0", "0.001"):  # alternating, one process per variant (clean peak-memory numbers)
             for impl in ("trl", "ours"):
                 extra = ["--override", *args.override] if args.override else []
