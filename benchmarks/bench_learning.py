@@ -40,6 +40,7 @@ from zerosearch.quickstart import QUICKSTART_ARGS
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_learning.jsonl"
 PLOTS = ROOT / "benchmarks" / "plots"
+COLORS = {"simulate_prompt": "C1", "local": "C0"}
 ARMS = {"base": "local", "simulate_prompt": "simulate_prompt", "local": "local"}  # arm -> SEARCH_MODE
 SMOKE_ARGS = ["TRAIN_BATCH_SIZE", "2", "ROLLOUT_N", "2", "data.val_max_samples=8",
               "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"]
@@ -132,15 +133,16 @@ def report(path: Path, plots: Path) -> str:
         lines.append(f"| {arm} | {r['search_mode'] if arm != 'base' else '-'} | {r['steps']} | {r['smoke']} | "
                      f"{r['first_val_em']:.3f} | {r['final_val_em']:.3f} | {f1 if f1 is None else round(f1, 3)} | "
                      f"{r['wall_s']:.0f} |")
-        label = arm + (" (smoke)" if r["smoke"] else "")
+        label, color = arm + (" (smoke)" if r["smoke"] else ""), COLORS.get(arm, "C2")
         if arm == "base":
             bx.axhline(r["final_val_em"], color="grey", ls="--", label=label)
             continue
         ax.plot([t["step"] for t in r["train"]], [t.get("critic/score/mean") for t in r["train"]], marker="o",
-                label=f"{label}: reward")
+                color=color, label=f"{label}: reward")
         ax.plot([t["step"] for t in r["train"]], [t.get("reward/em") for t in r["train"]], marker="x", ls=":",
-                label=f"{label}: train EM")
-        bx.plot([v["step"] for v in r["val"]], [v.get("val/overall/em") for v in r["val"]], marker="o", label=label)
+                color=color, label=f"{label}: train EM")
+        bx.plot([v["step"] for v in r["val"]], [v.get("val/overall/em") for v in r["val"]], marker="o", color=color,
+                label=label)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean over the step's rollouts")
     ax.set_title("training reward (search as trained with)")

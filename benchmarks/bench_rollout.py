@@ -18,9 +18,14 @@ Cores: both engines decode with one thread (vLLM: OMP bound to core 0, its sched
 torch.set_num_threads(1)); the simulation server's worker is bound to core 1, so on this 2-core box rollout
 and simulator compute on different cores (plus the scheduler / API processes that share them).
 
-Published numbers (benchmarks/results/bench_rollout.md):
-    .venv/bin/python benchmarks/bench_rollout.py --engines vllm --backends local,sim --chunks 1,2 --trials 3
-    .venv/bin/python benchmarks/bench_rollout.py --engines hf --backends local,sim --chunks 1,2 --trials 3
+Published numbers (benchmarks/results/bench_rollout.md), one command per machine-lock slot:
+    .venv/bin/python benchmarks/bench_rollout.py --engines vllm --backends local --chunks 1,2 --trials 3
+    .venv/bin/python benchmarks/bench_rollout.py --engines vllm --backends sim --chunks 1,2 --trials 3
+    .venv/bin/python benchmarks/bench_rollout.py --engines hf,vllm --backends local --chunks 1 --prompts 4 --n 4 \
+        --trials 3 --warmup-rows 4
+    .venv/bin/python benchmarks/bench_rollout.py --engines hf --backends sim --chunks 1,2 --prompts 2 --n 4 \
+        --trials 3 --warmup-rows 4
+(The HF engine takes > 7 min for one 32-trajectory rollout on this box, hence its smaller batches.)
 """
 
 from __future__ import annotations

@@ -13,9 +13,11 @@ that most responses run to the token cap (clip ratio recorded): the length axis 
 tokens. The memory accounting that explains these numbers, and the GPU plan, are in `memory_plan.py`.
 
 Commands that produced benchmarks/results/bench_scaling.{jsonl,md} (each under the machine lock):
-    flock /tmp/zs-heavy.lock timeout 1500 .venv/bin/python benchmarks/bench_scaling.py --points 2x128 4x128 8x128
+    flock /tmp/zs-heavy.lock timeout 1500 .venv/bin/python benchmarks/bench_scaling.py --points 2x128 4x128 8x128 16x128
     flock /tmp/zs-heavy.lock timeout 1500 .venv/bin/python benchmarks/bench_scaling.py --points 4x64 4x256
+    flock /tmp/zs-heavy.lock timeout 600 .venv/bin/python benchmarks/memory_plan.py --calibrate
     .venv/bin/python benchmarks/bench_scaling.py --report      # plots + markdown tables from the JSONL
+    .venv/bin/python benchmarks/memory_plan.py --plan          # the accounting vs these runs, and the GPU plan
 """
 
 from __future__ import annotations
