@@ -29,7 +29,10 @@ from zerosearch.search.base import SearchBackend
 logger = logging.getLogger(__name__)
 
 GENERATION_KEYS = ("max_turns", "observation_format", "observation_role", "stop", "final_stop",
-                   "invalid_action_message", "on_eos_without_action", "final_turn", "truncate_prompt")
+                   "invalid_action_message", "on_eos_without_action", "final_turn", "truncate_prompt",
+                   "overlap_chunks")
+# GenerationConfig fields the search section does not set: lengths come from `data.*`, topk from the backend
+GENERATION_FIELDS_FROM_ELSEWHERE = ("max_prompt_length", "max_response_length", "max_obs_length", "topk")
 CURRICULUM_KEYS = ("schedule", "start_threshold", "end_threshold", "base", "total_steps")
 SIMULATED_MODES = ("simulate_prompt", "simulate_sft")
 

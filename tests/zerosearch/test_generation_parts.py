@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from verl.protocol import DataProto
 from zerosearch.generation import SearchRolloutManager, _Trajectory, rollout_metrics, trajectory_records
 from zerosearch.generation_config import GenerationConfig, open_tag_suffix, parse_action
-from zerosearch.generation_factory import split_search_section
+from zerosearch.generation_factory import GENERATION_FIELDS_FROM_ELSEWHERE, GENERATION_KEYS, split_search_section
 from zerosearch.generation_observation import ObservationRenderer, chat_wrapper
 
 
@@ -124,6 +125,13 @@ def test_split_search_section():
     assert gen == {"max_turns": 3} and cur == {"start_threshold": 0.1, "end_threshold": 0.4}
     assert backend == {"mode": "simulate_sft", "topk": 5, "ips": ["127.0.0.1"]}
     assert val == {"corpus_path": "c.jsonl"} and val_mode == "local"
+
+
+def test_every_generation_field_is_reachable_from_the_search_section():
+    fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    assert fields == set(GENERATION_KEYS) | set(GENERATION_FIELDS_FROM_ELSEWHERE)
+    gen, _, backend, _, _ = split_search_section({"mode": "local", "overlap_chunks": 2})
+    assert gen == {"overlap_chunks": 2} and backend == {"mode": "local"}
 
 
 def test_prefilled_tag_only_in_the_assistant_turn(tokenizer):

@@ -84,6 +84,7 @@ class ActorConfig:
     kl_loss_type: str = "low_var_kl"
     grad_clip: float = 1.0
     shuffle: bool = False
+    group_by_length: bool = True  # micro-batches of similar-length rows (less padding; same gradient)
     optim: OptimConfig = field(default_factory=OptimConfig)
     fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
 
@@ -132,6 +133,7 @@ class CriticConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-5))
     ppo_mini_batch_size: int | None = None  # None -> actor's
     ppo_micro_batch_size_per_gpu: int = 4
+    group_by_length: bool = True  # as actor.group_by_length
     ppo_epochs: int = 1
     cliprange_value: float = 0.5
     loss_agg_mode: str = "token-mean"

@@ -13,6 +13,12 @@ gradient of the mini-batch loss, whatever the micro-batch size and the number of
 verl scales token-mean per micro-batch instead, which weighs tokens of short micro-batches more.
 Gradient reduction across ranks runs only on the last micro-batch of a mini-batch.
 
+Micro-batches group rows of similar length (`group_by_length`, default on): the rows are sorted by their
+real token count (stable) and cut into the same number of micro-batches as plain consecutive splitting, so
+`trim_padding` drops more padding columns (a 40-token response no longer pads to a 128-token neighbour). The
+partition does not change the loss or the gradient (the scales above are exact for any partition); log-prob
+outputs are returned in the input order.
+
 Extension: without `old_log_probs` in the batch the update is on-policy (one mini-batch, one epoch) and
 uses the detached current log-probs as the old ones (ratio 1, same gradient), which saves the separate
 old-log-prob forward pass. Metrics are per rank (the driver averages them over ranks with
@@ -67,14 +73,34 @@ def minibatches(data: DataProto, mini_size: int, epochs: int, shuffle: bool, see
         yield from order.split(mini_size)
 
 
+def micro_batches(data: DataProto, micro_size: int, by_length: bool) -> tuple[list[DataProto], torch.Tensor | None]:
+    """ceil(n / micro_size) micro-batches; with `by_length` the rows are first sorted by attention-mask length
+    (stable, so ties keep their order). Returns the parts and the sort order (None when unsorted); the rows of
+    `torch.cat(parts)` are `data[order]`."""
+    micro_size = max(1, micro_size)
+    if not by_length or len(data) <= micro_size:
+        return data.split(micro_size), None
+    order = torch.argsort(data.batch["attention_mask"].sum(-1), stable=True)
+    return data[order].split(micro_size), order
+
+
+def unsort_rows(t: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Rows of `t` (computed on data[order]) back in the original order."""
+    if order is None:
+        return t
+    out = torch.empty_like(t)
+    out[order] = t
+    return out
+
+
 def micro_scales(mini: DataProto, micro_size: int, loss_agg_mode: str, mask_key: str,
-                 device: torch.device) -> list[tuple[DataProto, float, float]]:
+                 device: torch.device, by_length: bool = False) -> list[tuple[DataProto, float, float]]:
     """Split a mini-batch into micro-batches with (loss scale, token scale) each (see the module docstring).
 
     The token scale weighs token-mean metrics (clip fractions, ppo_kl) whatever the loss_agg_mode."""
     if loss_agg_mode not in core_algos.LOSS_AGG_MODES:
         raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}; known: {list(core_algos.LOSS_AGG_MODES)}")
-    micros = mini.split(max(1, micro_size))
+    micros, _ = micro_batches(mini, micro_size, by_length)
     total = global_sum(mini.batch[mask_key].sum().item(), device)
     world = dist_world_size()
     out = []
@@ -156,10 +182,10 @@ class DataParallelPPOActor:
         """Log-probs [B, R] (and entropy [B, R] if asked) of the responses, in micro-batches."""
         if micro_batch_size < 1:
             raise ValueError(f"log_prob_micro_batch_size_per_gpu must be >= 1, got {micro_batch_size}")
-        outs = [self._forward(m, temperature, "metric" if calculate_entropy else "none")
-                for m in data.split(micro_batch_size)]
-        log_probs = torch.cat([o[0] for o in outs]).cpu()
-        ent = torch.cat([o[1] for o in outs]).cpu() if calculate_entropy else None
+        micros, order = micro_batches(data, micro_batch_size, self.cfg.group_by_length)
+        outs = [self._forward(m, temperature, "metric" if calculate_entropy else "none") for m in micros]
+        log_probs = unsort_rows(torch.cat([o[0] for o in outs]).cpu(), order)
+        ent = unsort_rows(torch.cat([o[1] for o in outs]).cpu(), order) if calculate_entropy else None
         return log_probs, ent
 
     # ------------------------------------------------------------------ update
@@ -204,7 +230,8 @@ class DataParallelPPOActor:
         n_mini = 0
         for mini in minibatches(data, mini_size, cfg.ppo_epochs, cfg.shuffle, seed=self._updates):
             scaled = micro_scales(mini, cfg.ppo_micro_batch_size_per_gpu, cfg.loss_agg_mode,
-                                  "response_mask" if "response_mask" in mini.batch else "attention_mask", self.device)
+                                  "response_mask" if "response_mask" in mini.batch else "attention_mask", self.device,
+                                  by_length=cfg.group_by_length)
             for i, (micro, scale, token_scale) in enumerate(scaled):
                 if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2: reduce grads once per mini-batch
                     self.module.set_requires_gradient_sync(i == len(scaled) - 1)

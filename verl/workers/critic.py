@@ -3,7 +3,8 @@
 The value model is the policy's transformer backbone with a scalar head: `AutoModelForTokenClassification`
 with `num_labels=1` (a Linear(hidden, 1) named `score`, initialised with std = initializer_range, 0.02 for
 the embedded model). The value of response token t is read at the position that predicts it (P-1+t), as
-in verl. Micro-batch loss scaling is exact, as in the actor (see `verl.workers.actor`).
+in verl. Micro-batch loss scaling is exact and micro-batches group rows by length, as in the actor (see
+`verl.workers.actor`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from torch import nn
 from verl.protocol import DataProto
 from verl.trainer.config import CriticConfig
 from verl.trainer.ppo import core_algos
-from verl.workers.actor import dist_world_size, micro_scales, minibatches, model_inputs, response_mask_of
+from verl.workers.actor import (
+    dist_world_size,
+    micro_batches,
+    micro_scales,
+    minibatches,
+    model_inputs,
+    response_mask_of,
+    unsort_rows,
+)
 from verl.workers.fsdp_utils import clip_grad_norm, trim_padding
 
 logger = logging.getLogger(__name__)
@@ -50,7 +59,8 @@ class DataParallelPPOCritic:
         """Values [B, R], zeroed outside response_mask."""
         if micro_batch_size < 1:
             raise ValueError(f"critic.ppo_micro_batch_size_per_gpu must be >= 1, got {micro_batch_size}")
-        values = torch.cat([self._forward(m) for m in data.split(micro_batch_size)]).cpu()
+        micros, order = micro_batches(data, micro_batch_size, self.cfg.group_by_length)
+        values = unsort_rows(torch.cat([self._forward(m) for m in micros]).cpu(), order)
         return values * response_mask_of(data).to(values.dtype)
 
     def update_critic(self, data: DataProto) -> dict[str, float]:
@@ -64,7 +74,8 @@ class DataParallelPPOCritic:
         mask_key = "response_mask" if "response_mask" in data.batch else "attention_mask"
         for mini in minibatches(data, mini_size, cfg.ppo_epochs, False, seed=self._updates,
                                 key="critic.ppo_mini_batch_size"):
-            scaled = micro_scales(mini, cfg.ppo_micro_batch_size_per_gpu, cfg.loss_agg_mode, mask_key, self.device)
+            scaled = micro_scales(mini, cfg.ppo_micro_batch_size_per_gpu, cfg.loss_agg_mode, mask_key, self.device,
+                                  by_length=cfg.group_by_length)
             for i, (micro, scale, token_scale) in enumerate(scaled):
                 if hasattr(self.module, "set_requires_gradient_sync"):
                     self.module.set_requires_gradient_sync(i == len(scaled) - 1)

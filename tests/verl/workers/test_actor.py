@@ -1,7 +1,8 @@
 """DataParallelPPOActor on a real FSDP2-sharded embedded model (1-rank gloo group in this process).
 
 Invariances: micro-batch 1 x accumulation 4 == micro-batch 4 x accumulation 1 for every loss_agg_mode;
-observation tokens (response_mask 0) carry no loss; the KL loss pulls the policy toward the reference.
+observation tokens (response_mask 0) carry no loss; the KL loss pulls the policy toward the reference;
+length-grouped micro-batches trim more padding and change neither log-probs nor the update.
 """
 
 from __future__ import annotations
@@ -16,8 +17,15 @@ from verl.protocol import DataProto
 from verl.single_controller.dist import init_dist
 from verl.trainer.config import ActorConfig, OptimConfig
 from verl.trainer.ppo import core_algos
-from verl.workers.actor import DataParallelPPOActor
-from verl.workers.fsdp_utils import apply_fsdp2, build_lr_scheduler, build_optimizer, full_state_dict, load_hf_model
+from verl.workers.actor import DataParallelPPOActor, micro_batches, model_inputs, unsort_rows
+from verl.workers.fsdp_utils import (
+    apply_fsdp2,
+    build_lr_scheduler,
+    build_optimizer,
+    full_state_dict,
+    load_hf_model,
+    trim_padding,
+)
 
 P, R, B = 16, 16, 4
 
@@ -162,3 +170,37 @@ def test_metrics_names_and_lr(model) -> None:
     assert expected <= set(metrics)
     assert metrics["actor/lr"] == pytest.approx(1e-5)
     assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_micro_batches_grouped_by_length_trim_more_padding() -> None:
+    data = make_batch(batch=8)
+    order_free, _ = micro_batches(data, 2, by_length=False)
+    grouped, order = micro_batches(data, 2, by_length=True)
+    assert len(grouped) == len(order_free) == 4
+    assert sorted(order.tolist()) == list(range(8))
+    lengths = data.batch["attention_mask"].sum(-1)
+    assert torch.equal(torch.cat([m.batch["attention_mask"].sum(-1) for m in grouped]), lengths[order])
+    assert (lengths[order].diff() >= 0).all()
+
+    def width(parts) -> int:  # columns the forward passes actually compute, after trim_padding
+        return sum(trim_padding(*model_inputs(m.batch, torch.device("cpu")), R)[0].shape[1] * len(m) for m in parts)
+
+    assert width(grouped) < width(order_free)
+    rows = torch.arange(8.0).unsqueeze(1)
+    assert torch.equal(unsort_rows(rows[order], order), rows)  # log-probs come back in the input order
+
+
+@pytest.mark.slow
+def test_group_by_length_changes_neither_log_probs_nor_update(model) -> None:
+    runs = []
+    for by_length in (False, True):
+        actor = fresh_actor(model, group_by_length=by_length, ppo_mini_batch_size=8, ppo_micro_batch_size_per_gpu=2)
+        data = make_batch(batch=8)
+        lp, ent = actor.compute_log_prob(data, micro_batch_size=2, calculate_entropy=True)
+        data.batch["old_log_probs"] = lp + 0.05 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(1))
+        runs.append((lp, ent, actor.update_policy(data)))
+    (lp0, ent0, m0), (lp1, ent1, m1) = runs
+    torch.testing.assert_close(lp0, lp1, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ent0, ent1, atol=1e-3, rtol=1e-3)
+    for key in ("actor/pg_loss", "actor/grad_norm", "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy"):
+        assert m0[key] == pytest.approx(m1[key], rel=1e-4, abs=2e-5), key
