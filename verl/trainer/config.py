@@ -111,6 +111,7 @@ class RolloutConfig:
     enforce_eager: bool = True
     log_prob_micro_batch_size_per_gpu: int = 8
     max_num_seqs: int = 64
+    dtype: str = "auto"  # engine dtype: auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16
     val_kwargs: ValKwargs = field(default_factory=ValKwargs)
 
 
@@ -321,6 +322,10 @@ def validate(cfg: PPOConfig) -> PPOConfig:
     ws = cfg.world_size
     _check(t.device in ("auto", "cpu", "cuda"), f"trainer.device must be auto, cpu or cuda, got {t.device!r}")
     _check(r.name in ("vllm", "hf"), f"actor_rollout_ref.rollout.name must be 'vllm' or 'hf', got {r.name!r}")
+    from verl.workers.rollout import ROLLOUT_DTYPES
+
+    _check(r.dtype in ROLLOUT_DTYPES, f"actor_rollout_ref.rollout.dtype must be one of {list(ROLLOUT_DTYPES)}, got "
+           f"{r.dtype!r}")
     _check(ws >= 1, "trainer.n_gpus_per_node * trainer.nnodes must be >= 1")
     _check(t.total_training_steps >= 1, "trainer.total_training_steps must be >= 1")
     _check(d.max_prompt_length > 0 and d.max_response_length > 0,

@@ -6,9 +6,10 @@ detokenizer trims surplus tokens). Output conventions are the HF engine's (see `
 is part of `token_ids`; `logprobs` are vLLM's default `raw_logprobs` (log-softmax of the raw logits of the
 sampled token, before temperature/top-k/top-p), requested with `logprobs=0` (sampled token only).
 
-Weight sync (`update_weights`): the full HF-named state dict is written to `model.safetensors` in a private
-temp dir of this engine, then every worker reloads it in place (`collective_rpc` of a method that our
-`VLLMWorkerExtension` adds to vLLM's worker) and the prefix cache is reset. Sending tensors through
+Weight sync (`update_weights`): the full HF-named state dict, cast to the engine dtype, is written to
+`model.safetensors` in a private temp dir of this engine, then every worker reloads it in place
+(`collective_rpc` of a method that our `VLLMWorkerExtension` adds to vLLM's worker) and the prefix cache is
+reset. Sending tensors through
 `collective_rpc` fails (serialisation) and calling `model.load_weights` directly fails on CPU (weights are
 repacked after loading); a disk round trip of 135M fp32 params takes about a second. Tied `lm_head.weight`
 is not written, and vLLM's plain `reload_weights` leaves a tied lm_head's packed CPU GEMM weight stale
@@ -167,6 +168,7 @@ class VLLMRollout:
             )
         if dtype is None:
             dtype = torch.float32 if on_cpu else torch.bfloat16
+        self.dtype = dtype
         if kv_cache_space_gb <= 0:
             raise ValueError(f"actor_rollout_ref.rollout.kv_cache_space_gb must be > 0, got {kv_cache_space_gb}")
         self.max_model_len = int(max_model_len)
@@ -288,7 +290,8 @@ class VLLMRollout:
         for name, value in state_dict.items():
             if self._tied and name == "lm_head.weight":
                 continue  # vLLM ties lm_head to embed_tokens itself
-            t = value.detach().to("cpu").contiguous()
+            t = value.detach().to("cpu")
+            t = (t.to(self.dtype) if t.is_floating_point() else t).contiguous()  # the engine's dtype: fewer bytes
             ptr = t.untyped_storage().data_ptr()
             if ptr in seen_storages:  # safetensors refuses tensors that share memory
                 t = t.clone()

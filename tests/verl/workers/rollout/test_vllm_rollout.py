@@ -110,3 +110,34 @@ def test_update_weights_in_place_then_restore(engine, chat_prompts, hf_model, re
         engine.update_weights(original)
     restored = engine.generate(chat_prompts, SamplingParams(temperature=0.0, max_tokens=24))
     assert [o.token_ids for o in restored] == [o.token_ids for o in free_greedy]
+
+
+def test_bf16_engine_follows_a_weight_update(embedded_model_path, chat_prompts, hf_model, reference_logprobs, perturb,
+                                             engine):
+    """`rollout.dtype=bf16`: the engine loads bf16 weights and, after `update_weights` (cast to bf16, the tied
+    lm_head re-packed in bf16), scores tokens like the fp32 reference of the NEW weights, not the old ones."""
+    bf16 = build_rollout_engine("vllm", embedded_model_path, dtype=torch.bfloat16, max_model_len=512, max_num_seqs=8,
+                                kv_cache_space_gb=0.25, seed=0)
+    try:
+        assert bf16.dtype == torch.bfloat16
+        sequence = chat_prompts[1] + engine.generate([chat_prompts[1]], SamplingParams(temperature=0.0,
+                                                                                         max_tokens=16))[0].token_ids
+        ref_old = reference_logprobs(hf_model, sequence)
+        before = torch.tensor(bf16.prompt_logprobs([sequence])[0])
+        original = {k: v.clone() for k, v in hf_model.state_dict().items()}
+        noisy = perturb(hf_model, scale=0.5)
+        try:
+            hf_model.load_state_dict(noisy)
+            ref_new = reference_logprobs(hf_model, sequence)
+        finally:
+            hf_model.load_state_dict(original)
+        bf16.update_weights(noisy)
+        after = torch.tensor(bf16.prompt_logprobs([sequence])[0])
+        gap = (ref_new - ref_old).abs().mean().item()
+        assert gap > 0.5, "the perturbation must move the reference log-probs"
+        assert (before - ref_old).abs().mean().item() < 0.15 * gap  # bf16 rounding only
+        assert (after - ref_new).abs().mean().item() < 0.15 * gap  # follows the update (lm_head included)
+        out = bf16.generate(chat_prompts, SamplingParams(temperature=0.0, max_tokens=12, logprobs=True))
+        assert all(len(o.token_ids) > 0 and all(torch.isfinite(torch.tensor(o.logprobs))) for o in out)
+    finally:
+        bf16.close()
