@@ -27,8 +27,10 @@ the corrective message and went on; `on_eos_without_action=correct` restores tha
 query is invalid; observations keep their closing `</information>` when cut. A prompt may pre-open a tag
 (assistant prefix ending in `<search>`): the first turn's action is parsed from that prefix + the new text.
 
-One engine call per turn takes `max_tokens` = the largest remaining budget among active rows; a row that
-generates past its own budget is cut there and ends with reason "length".
+One engine call per turn; each row's request is capped at its own remaining budget
+(`SamplingParams.max_tokens_per_prompt`), so no decode step is spent on tokens past a row's budget (before
+this, one cap for the whole call wasted 8-14% of the generated tokens: benchmarks/BENCHMARKS.md). A row that
+still returns more than its budget (an engine ignoring the caps) is cut there and ends with reason "length".
 
 Output (row order preserved): the tensors of `build_rollout_batch` (`prompts`, `responses`, `input_ids`,
 `attention_mask`, `position_ids`, `response_mask` = 0 on observation / corrective tokens and padding) plus
@@ -245,8 +247,9 @@ class SearchRolloutManager:
     def _generate(self, active: list[_Trajectory], params: SamplingParams, stop: list[str],
                   turn: int, chunk: int = 0) -> list[GenOutput]:
         seed = None if params.seed is None else (int(params.seed) * 1009 + turn + 7919 * chunk) % (2**63)
+        budgets = [self._remaining(r) for r in active]
         turn_params = dataclasses.replace(params, n=1, stop=list(stop), logprobs=False, seed=seed,
-                                          max_tokens=max(self._remaining(r) for r in active))
+                                          max_tokens=max(budgets), max_tokens_per_prompt=budgets)
         outputs = self.engine.generate([row.prompt + row.ids for row in active], turn_params)
         if len(outputs) != len(active):
             raise RuntimeError(f"the rollout engine returned {len(outputs)} outputs for {len(active)} prompts")

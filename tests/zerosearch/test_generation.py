@@ -182,6 +182,38 @@ def test_metrics_and_records(inline_run):
     assert recs[1]["golden_answers"] == list(out.non_tensor_batch["golden_answers"][1]) and recs[1]["score"] is None
 
 
+class RecordingEngine:
+    """Wraps the real HF engine and keeps every call's sampling params and outputs."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.calls = inner, []
+
+    def generate(self, prompts, params):
+        outs = self.inner.generate(prompts, params)
+        self.calls.append((params, outs))
+        return outs
+
+
+def test_each_row_generates_within_its_own_budget(engine, tokenizer, local_backend, questions):
+    # row 0 answers at once (a short first turn), the others search: by the second turn the rows have different
+    # budgets left, and each request is capped at its own, so no generated token is cut away afterwards
+    rows = [(questions[0][0], questions[0][1], "<answer>")] + [(q, g, search_prefill(q)) for q, g in questions[6:9]]
+    recording = RecordingEngine(engine)
+    cfg = GenerationConfig(max_turns=2, max_prompt_length=400, max_response_length=72, max_obs_length=40, topk=2)
+    out = SearchRolloutManager(recording, tokenizer, local_backend, cfg).run(make_batch(tokenizer, rows), GREEDY)
+    check_batch_layout(out, tokenizer, 72)
+    caps_seen = set()
+    for params, outs in recording.calls:
+        assert params.max_tokens_per_prompt is not None and len(params.max_tokens_per_prompt) == len(outs)
+        assert params.max_tokens == max(params.max_tokens_per_prompt)
+        caps_seen.update(params.max_tokens_per_prompt)
+        assert all(len(o.token_ids) <= cap for o, cap in zip(outs, params.max_tokens_per_prompt))
+    assert len(caps_seen) > 1  # the rows really had different budgets
+    generated = sum(len(o.token_ids) for _, outs in recording.calls for o in outs)
+    kept = sum(sum(response_of(out, i)[1]) for i in range(len(out)))  # policy tokens (mask 1) in the responses
+    assert generated == kept  # nothing generated past a row's budget
+
+
 def test_final_turn_never_searches(engine, tokenizer, local_backend, questions):
     q, g = questions[1]
     backend = RecordingBackend(local_backend)

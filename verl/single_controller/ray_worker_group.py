@@ -167,14 +167,18 @@ class RayWorkerGroup:
     def dispatch_dp_list(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
         """Split a list into contiguous near-equal chunks, rank i gets chunk i, outputs concatenated in order.
         Every rank is called, with an empty list if there are fewer items than ranks (so a method may run a
-        collective, e.g. a pending weight sync). An output of k * len(chunk) items (n samples per prompt) is fine."""
+        collective, e.g. a pending weight sync). An output of k * len(chunk) items (n samples per prompt) is fine.
+        A positional argument with a `for_items(start, stop)` method (SamplingParams with per-prompt caps) is
+        sliced along with the items."""
         items = list(items)
         base, extra = divmod(len(items), self.world_size)
         refs, start = [], 0
         for rank, actor in enumerate(self._actors):
             size = base + (1 if rank < extra else 0)
-            refs.append(actor.call.remote(method, items[start:start + size], *args, **kwargs))
-            start += size
+            stop = start + size
+            rank_args = [a.for_items(start, stop) if hasattr(a, "for_items") else a for a in args]
+            refs.append(actor.call.remote(method, items[start:stop], *rank_args, **kwargs))
+            start = stop
         out: list[Any] = []
         for part in ray.get(refs):
             out.extend(part)

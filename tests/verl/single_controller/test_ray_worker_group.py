@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from verl.protocol import DataProto
 from verl.single_controller import RayWorkerGroup, Worker, reduce_metrics
+from verl.workers.rollout.base import SamplingParams
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # test classes travel by value to the actors
 
@@ -37,6 +38,9 @@ class Echo:
 
     def metrics(self) -> dict[str, float]:
         return {"loss": float(self.rank), "const": 2.0}
+
+    def caps(self, items: list[int], params: SamplingParams) -> list[tuple[int, int, int]]:
+        return [(item, params.max_tokens_of(i), self.rank) for i, item in enumerate(items)]
 
 
 class Summer(Worker):
@@ -108,6 +112,12 @@ def test_dispatch_dp_list_uneven_and_repeated(echo_group: RayWorkerGroup) -> Non
     assert out == [(10, 0), (10, 0), (11, 0), (11, 0), (12, 1), (12, 1)]
     assert echo_group.dispatch_dp_list("repeat", [7], 1) == [(7, 0)]  # rank 1 gets an empty list
     assert echo_group.dispatch_dp_list("repeat", [], 3) == []
+
+
+def test_dispatch_dp_list_slices_per_prompt_caps(echo_group: RayWorkerGroup) -> None:
+    params = SamplingParams(max_tokens=50, max_tokens_per_prompt=[5, 6, 70])
+    assert echo_group.dispatch_dp_list("caps", [10, 11, 12], params) == [(10, 5, 0), (11, 6, 0), (12, 50, 1)]
+    assert echo_group.dispatch_dp_list("caps", [10, 11], SamplingParams(max_tokens=9)) == [(10, 9, 0), (11, 9, 1)]
 
 
 def test_reduce_metrics(echo_group: RayWorkerGroup) -> None:

@@ -8,6 +8,7 @@ no token is generated past it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -24,8 +25,11 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     logprobs: bool = False  # return the sampled tokens' log-probs
     seed: int | None = None
+    # per-prompt caps (prompt i: at most min(max_tokens, max_tokens_per_prompt[i]) tokens), so a multi-turn row
+    # with little budget left stops there instead of generating tokens the manager would cut away
+    max_tokens_per_prompt: list[int] | None = None
 
-    def validate(self) -> None:
+    def validate(self, n_prompts: int | None = None) -> None:
         if self.n < 1:
             raise ValueError(f"rollout n must be >= 1, got {self.n}")
         if self.temperature < 0:
@@ -34,6 +38,24 @@ class SamplingParams:
             raise ValueError(f"rollout top_p must be in (0, 1], got {self.top_p}")
         if self.max_tokens < 1:
             raise ValueError(f"rollout max_tokens must be >= 1, got {self.max_tokens}")
+        caps = self.max_tokens_per_prompt
+        if caps is not None:
+            if n_prompts is not None and len(caps) != n_prompts:
+                raise ValueError(f"max_tokens_per_prompt has {len(caps)} entries for {n_prompts} prompts")
+            if any(int(c) < 1 for c in caps):
+                raise ValueError(f"every max_tokens_per_prompt entry must be >= 1, got {min(caps)}")
+
+    def max_tokens_of(self, i: int) -> int:
+        """The token cap of prompt i."""
+        if self.max_tokens_per_prompt is None:
+            return self.max_tokens
+        return min(self.max_tokens, int(self.max_tokens_per_prompt[i]))
+
+    def for_items(self, start: int, stop: int) -> SamplingParams:
+        """These params for prompts[start:stop] (data-parallel dispatch splits the per-prompt caps with them)."""
+        if self.max_tokens_per_prompt is None:
+            return self
+        return dataclasses.replace(self, max_tokens_per_prompt=list(self.max_tokens_per_prompt[start:stop]))
 
 
 @dataclass

@@ -93,7 +93,7 @@ class HFRollout:
 
     # ----------------------------------------------------------------------------------------------- generate
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenOutput]:
-        params.validate()
+        params.validate(len(prompts))
         for i, p in enumerate(prompts):
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
@@ -103,17 +103,19 @@ class HFRollout:
                     "data.max_prompt_length or raise the engine's max_model_len"
                 )
         expanded = [list(p) for p in prompts for _ in range(params.n)]  # prompt-major
+        caps = [params.max_tokens_of(i) for i in range(len(prompts)) for _ in range(params.n)]
         generator = self._generator
         if params.seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(int(params.seed))
         outputs: list[GenOutput] = []
         for start in range(0, len(expanded), self.max_num_seqs):
-            outputs.extend(self._generate_chunk(expanded[start : start + self.max_num_seqs], params, generator))
+            end = start + self.max_num_seqs
+            outputs.extend(self._generate_chunk(expanded[start:end], caps[start:end], params, generator))
         return outputs
 
     @torch.inference_mode()
     def _generate_chunk(
-        self, prompts: list[list[int]], params: SamplingParams, generator: torch.Generator
+        self, prompts: list[list[int]], caps: list[int], params: SamplingParams, generator: torch.Generator
     ) -> list[GenOutput]:
         from transformers import DynamicCache
 
@@ -125,7 +127,7 @@ class HFRollout:
             attention_mask[i, width - len(p) :] = 1
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # [B, P]
-        limits = [min(params.max_tokens, self.max_model_len - len(p)) for p in prompts]
+        limits = [min(cap, self.max_model_len - len(p)) for p, cap in zip(prompts, caps)]
 
         cache = DynamicCache(config=self.model.config)
         out = self.model(

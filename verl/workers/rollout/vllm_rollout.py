@@ -216,7 +216,7 @@ class VLLMRollout:
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
 
-        params.validate()
+        params.validate(len(prompts))
         for i, p in enumerate(prompts):
             if len(p) == 0:
                 raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
@@ -244,7 +244,7 @@ class VLLMRollout:
                 temperature=params.temperature,
                 top_p=params.top_p,
                 top_k=params.top_k if params.top_k and params.top_k > 0 else 0,
-                max_tokens=params.max_tokens,
+                max_tokens=params.max_tokens_of(i),
                 stop=list(params.stop) or None,
                 include_stop_str_in_output=True,
                 logprobs=0 if params.logprobs else None,

@@ -123,3 +123,17 @@ def test_bad_inputs_name_the_problem(engine, chat_prompts):
         engine.generate([[]], greedy(4))
     with pytest.raises(ValueError, match="temperature"):
         engine.generate(chat_prompts, SamplingParams(temperature=-1.0))
+
+
+def test_per_prompt_token_caps(engine, chat_prompts, free_greedy):
+    caps = [3, 7, 24]
+    outs = engine.generate(chat_prompts, greedy(24, n=2, max_tokens_per_prompt=caps))
+    for i, cap in enumerate(caps):
+        full = free_greedy[i].token_ids
+        for out in outs[2 * i:2 * i + 2]:
+            assert out.token_ids == full[:cap]  # the same greedy tokens, stopped at the prompt's own cap
+            assert out.finish_reason == ("length" if len(full) > cap else free_greedy[i].finish_reason)
+    with pytest.raises(ValueError, match="2 entries for 3 prompts"):
+        engine.generate(chat_prompts, greedy(24, max_tokens_per_prompt=[3, 4]))
+    with pytest.raises(ValueError, match=">= 1"):
+        engine.generate(chat_prompts, greedy(24, max_tokens_per_prompt=[3, 0, 4]))

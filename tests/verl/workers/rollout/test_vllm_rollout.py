@@ -141,3 +141,13 @@ def test_bf16_engine_follows_a_weight_update(embedded_model_path, chat_prompts, 
         assert all(len(o.token_ids) > 0 and all(torch.isfinite(torch.tensor(o.logprobs))) for o in out)
     finally:
         bf16.close()
+
+
+def test_per_prompt_token_caps(engine, chat_prompts, free_greedy):
+    caps = [3, 7, 24]
+    outs = engine.generate(chat_prompts, SamplingParams(temperature=0.0, max_tokens=24, max_tokens_per_prompt=caps))
+    for full, out, cap in zip(free_greedy, outs, caps):
+        assert out.token_ids == full.token_ids[:cap]
+        assert out.finish_reason == ("length" if len(full.token_ids) > cap else full.finish_reason)
+    with pytest.raises(ValueError, match="entries for 3 prompts"):
+        engine.generate(chat_prompts, SamplingParams(max_tokens=8, max_tokens_per_prompt=[2]))
