@@ -100,11 +100,13 @@ def test_update_weights_in_place_then_restore(engine, chat_prompts, hf_model, re
         after = engine.generate(chat_prompts, SamplingParams(temperature=0.0, max_tokens=12, logprobs=True))
         assert [o.token_ids for o in after] != [o.token_ids[:12] for o in free_greedy]
         hf_model.load_state_dict(noisy)
+        # the heavily perturbed model puts log-probs down to about -35, where fp32 sums in another order (vLLM's
+        # CPU kernels vs torch) differ by ~3e-5 relative: seen 1.1e-3 absolute at -32.7, so a relative term too
         got = torch.tensor(engine.prompt_logprobs([sequence])[0])
-        torch.testing.assert_close(got, reference_logprobs(hf_model, sequence), atol=1e-3, rtol=0)
+        torch.testing.assert_close(got, reference_logprobs(hf_model, sequence), atol=1e-3, rtol=1e-4)
         for prompt, out in zip(chat_prompts, after):
             ref = reference_logprobs(hf_model, prompt + out.token_ids)[len(prompt) - 1 :]
-            torch.testing.assert_close(torch.tensor(out.logprobs), ref, atol=1e-3, rtol=0)
+            torch.testing.assert_close(torch.tensor(out.logprobs), ref, atol=1e-3, rtol=1e-4)
     finally:
         hf_model.load_state_dict(original)
         engine.update_weights(original)
