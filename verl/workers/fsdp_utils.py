@@ -117,18 +117,23 @@ def apply_fsdp2(model: nn.Module, device_type: str, world_size: int, *, reshard_
 
 
 @torch.no_grad()
-def full_state_dict(model: nn.Module, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def full_state_dict(model: nn.Module, device: str | torch.device = "cpu",
+                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     """Unsharded weights in HF naming (a collective: every rank must call it; every rank gets them).
 
     Tied parameters are gathered once and appear under each of their names, as in `model.state_dict()`.
+    `dtype` casts floating-point shards before the all-gather (a bf16 rollout engine needs half the bytes).
     """
     gathered: dict[int, torch.Tensor] = {}
     out: dict[str, torch.Tensor] = {}
     for name, value in model.state_dict(keep_vars=True).items():
         key = id(value)
         if key not in gathered:
+            value = value.detach()
+            if dtype is not None and value.is_floating_point():
+                value = value.to(dtype)
             full = value.full_tensor() if isinstance(value, DTensor) else value
-            gathered[key] = full.detach().to(device)
+            gathered[key] = full.to(device)
         out[name] = gathered[key]
     return out
 

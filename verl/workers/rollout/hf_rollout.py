@@ -67,7 +67,7 @@ class HFRollout:
 
         if dtype is None:
             dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-        self.device = torch.device(device)
+        self.device, self.dtype = torch.device(device), dtype
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.model.requires_grad_(False)
