@@ -85,8 +85,15 @@ class ActorConfig:
     grad_clip: float = 1.0
     shuffle: bool = False
     group_by_length: bool = True  # micro-batches of similar-length rows (less padding; same gradient)
+    use_dynamic_bsz: bool = False  # micro-batches by a token budget instead of a row count (verl's key)
+    ppo_max_token_len_per_gpu: int = 16384  # that budget: rows x longest row of a micro-batch
     optim: OptimConfig = field(default_factory=OptimConfig)
     fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
+
+    @property
+    def token_budget(self) -> int:
+        """Tokens per micro-batch under use_dynamic_bsz, 0 when micro-batches count rows."""
+        return self.ppo_max_token_len_per_gpu if self.use_dynamic_bsz else 0
 
 
 @dataclass
@@ -110,6 +117,8 @@ class RolloutConfig:
     tensor_model_parallel_size: int = 1
     enforce_eager: bool = True
     log_prob_micro_batch_size_per_gpu: int = 8
+    log_prob_use_dynamic_bsz: bool | None = None  # None: actor.use_dynamic_bsz
+    log_prob_max_token_len_per_gpu: int | None = None  # None: actor.ppo_max_token_len_per_gpu
     max_num_seqs: int = 64
     dtype: str = "auto"  # engine dtype: auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16
     val_kwargs: ValKwargs = field(default_factory=ValKwargs)
@@ -118,6 +127,8 @@ class RolloutConfig:
 @dataclass
 class RefConfig:
     log_prob_micro_batch_size_per_gpu: int = 8
+    log_prob_use_dynamic_bsz: bool | None = None  # None: actor.use_dynamic_bsz
+    log_prob_max_token_len_per_gpu: int | None = None  # None: actor.ppo_max_token_len_per_gpu
 
 
 @dataclass
@@ -135,11 +146,17 @@ class CriticConfig:
     ppo_mini_batch_size: int | None = None  # None -> actor's
     ppo_micro_batch_size_per_gpu: int = 4
     group_by_length: bool = True  # as actor.group_by_length
+    use_dynamic_bsz: bool = False  # as actor.use_dynamic_bsz
+    ppo_max_token_len_per_gpu: int = 32768
     ppo_epochs: int = 1
     cliprange_value: float = 0.5
     loss_agg_mode: str = "token-mean"
     grad_clip: float = 1.0
     fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
+
+    @property
+    def token_budget(self) -> int:
+        return self.ppo_max_token_len_per_gpu if self.use_dynamic_bsz else 0
 
 
 @dataclass
@@ -356,13 +373,19 @@ def validate(cfg: PPOConfig) -> PPOConfig:
     per_rank = a.ppo_mini_batch_size * r.n
     _check(per_rank % ws == 0, f"actor.ppo_mini_batch_size * rollout.n = {per_rank} must divide over {ws} workers")
     per_rank //= ws
-    _check(per_rank % a.ppo_micro_batch_size_per_gpu == 0,
+    _check(a.use_dynamic_bsz or per_rank % a.ppo_micro_batch_size_per_gpu == 0,
            f"a mini-batch holds {per_rank} samples per worker: actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="
-           f"{a.ppo_micro_batch_size_per_gpu} must divide it")
+           f"{a.ppo_micro_batch_size_per_gpu} must divide it (or set actor_rollout_ref.actor.use_dynamic_bsz=true)")
+    for key, budget in (("actor_rollout_ref.actor.ppo_max_token_len_per_gpu", a.ppo_max_token_len_per_gpu),
+                        ("actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu", r.log_prob_max_token_len_per_gpu),
+                        ("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",
+                         cfg.actor_rollout_ref.ref.log_prob_max_token_len_per_gpu),
+                        ("critic.ppo_max_token_len_per_gpu", cfg.critic.ppo_max_token_len_per_gpu)):
+        _check(budget is None or budget >= 1, f"{key} must be >= 1 tokens, got {budget}")
     if cfg.use_critic:
         c = cfg.critic
         mini = (c.ppo_mini_batch_size or a.ppo_mini_batch_size) * r.n // ws
-        _check(mini % c.ppo_micro_batch_size_per_gpu == 0,
+        _check(c.use_dynamic_bsz or mini % c.ppo_micro_batch_size_per_gpu == 0,
                f"critic.ppo_micro_batch_size_per_gpu={c.ppo_micro_batch_size_per_gpu} must divide the critic's "
                f"{mini} samples per worker per mini-batch")
     _check(t.resume_mode in ("auto", "disable", "resume_path"),
@@ -384,6 +407,12 @@ def load_config(data: dict) -> PPOConfig:
         cfg.actor_rollout_ref.actor.optim.total_training_steps = cfg.trainer.total_training_steps
     if cfg.critic.optim.total_training_steps < 0:
         cfg.critic.optim.total_training_steps = cfg.trainer.total_training_steps
+    arr = cfg.actor_rollout_ref
+    for part in (arr.rollout, arr.ref):  # verl interpolates these from the actor's keys
+        if part.log_prob_use_dynamic_bsz is None:
+            part.log_prob_use_dynamic_bsz = arr.actor.use_dynamic_bsz
+        if part.log_prob_max_token_len_per_gpu is None:
+            part.log_prob_max_token_len_per_gpu = arr.actor.ppo_max_token_len_per_gpu
     if cfg.critic.model.path == ModelConfig.path and cfg.actor_rollout_ref.model.path != ModelConfig.path:
         cfg.critic.model.path = cfg.actor_rollout_ref.model.path
     return validate(cfg)

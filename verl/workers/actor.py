@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
+from itertools import accumulate
 
 import torch
 import torch.distributed as dist
@@ -73,10 +74,56 @@ def minibatches(data: DataProto, mini_size: int, epochs: int, shuffle: bool, see
         yield from order.split(mini_size)
 
 
-def micro_batches(data: DataProto, micro_size: int, by_length: bool) -> tuple[list[DataProto], torch.Tensor | None]:
+def global_max(value: int, device: torch.device) -> int:
+    """Max over ranks (identity without a process group)."""
+    if dist_world_size() == 1:
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def token_budget_sizes(lengths: list[int], max_tokens: int, count: int = 0) -> list[int]:
+    """Sizes of consecutive groups of rows sorted by ascending length, each group padded to its longest row
+    costing at most `max_tokens` (rows x longest length; a row longer than the budget goes alone), then split
+    (the costliest group with >= 2 rows, halved) until there are at least `count` groups."""
+    sizes: list[int] = []
+    rows = longest = 0
+    for n in lengths:
+        if rows and (rows + 1) * max(longest, n) > max_tokens:
+            sizes.append(rows)
+            rows = longest = 0
+        rows, longest = rows + 1, max(longest, n)
+    if rows:
+        sizes.append(rows)
+    if count > len(lengths):
+        raise ValueError(f"cannot make {count} micro-batches of {len(lengths)} rows")
+    while len(sizes) < count:
+        ends = [sum(sizes[: i + 1]) for i in range(len(sizes))]
+        cost = [size * lengths[end - 1] if size > 1 else -1 for size, end in zip(sizes, ends)]
+        i = cost.index(max(cost))
+        sizes[i : i + 1] = [sizes[i] // 2, sizes[i] - sizes[i] // 2]
+    return sizes
+
+
+def micro_batches(data: DataProto, micro_size: int, by_length: bool, max_tokens: int = 0,
+                  device: torch.device | str = "cpu") -> tuple[list[DataProto], torch.Tensor | None]:
     """ceil(n / micro_size) micro-batches; with `by_length` the rows are first sorted by attention-mask length
     (stable, so ties keep their order). Returns the parts and the sort order (None when unsorted); the rows of
-    `torch.cat(parts)` are `data[order]`."""
+    `torch.cat(parts)` are `data[order]`.
+
+    `max_tokens` > 0 (verl's use_dynamic_bsz): micro-batches of length-sorted rows under a token budget
+    instead of a fixed row count, so short rows share a forward and long ones do not pad their neighbours. A
+    collective: every rank ends up with the same number of micro-batches (FSDP gathers weights in every forward,
+    so unequal counts would hang), the largest count any rank needs (agreed on through `device`)."""
+    if max_tokens > 0:
+        lengths = data.batch["attention_mask"].sum(-1)
+        order = torch.argsort(lengths, stable=True)
+        sorted_lengths = lengths[order].tolist()
+        count = global_max(len(token_budget_sizes(sorted_lengths, max_tokens)), torch.device(device))
+        ends = list(accumulate(token_budget_sizes(sorted_lengths, max_tokens, count)))
+        ordered = data[order]
+        return [ordered[a:b] for a, b in zip([0, *ends[:-1]], ends)], order
     micro_size = max(1, micro_size)
     if not by_length or len(data) <= micro_size:
         return data.split(micro_size), None
@@ -93,14 +140,14 @@ def unsort_rows(t: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
     return out
 
 
-def micro_scales(mini: DataProto, micro_size: int, loss_agg_mode: str, mask_key: str,
-                 device: torch.device, by_length: bool = False) -> list[tuple[DataProto, float, float]]:
+def micro_scales(mini: DataProto, micro_size: int, loss_agg_mode: str, mask_key: str, device: torch.device,
+                 by_length: bool = False, max_tokens: int = 0) -> list[tuple[DataProto, float, float]]:
     """Split a mini-batch into micro-batches with (loss scale, token scale) each (see the module docstring).
 
     The token scale weighs token-mean metrics (clip fractions, ppo_kl) whatever the loss_agg_mode."""
     if loss_agg_mode not in core_algos.LOSS_AGG_MODES:
         raise ValueError(f"unknown loss_agg_mode {loss_agg_mode!r}; known: {list(core_algos.LOSS_AGG_MODES)}")
-    micros, _ = micro_batches(mini, micro_size, by_length)
+    micros, _ = micro_batches(mini, micro_size, by_length, max_tokens, device)
     total = global_sum(mini.batch[mask_key].sum().item(), device)
     world = dist_world_size()
     out = []
@@ -178,11 +225,13 @@ class DataParallelPPOActor:
 
     @torch.no_grad()
     def compute_log_prob(self, data: DataProto, micro_batch_size: int, temperature: float = 1.0,
-                         calculate_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs [B, R] (and entropy [B, R] if asked) of the responses, in micro-batches."""
+                         calculate_entropy: bool = False,
+                         max_token_len: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs [B, R] (and entropy [B, R] if asked) of the responses, in micro-batches of `micro_batch_size`
+        rows, or under a budget of `max_token_len` tokens when it is > 0 (a collective then: see micro_batches)."""
         if micro_batch_size < 1:
             raise ValueError(f"log_prob_micro_batch_size_per_gpu must be >= 1, got {micro_batch_size}")
-        micros, order = micro_batches(data, micro_batch_size, self.cfg.group_by_length)
+        micros, order = micro_batches(data, micro_batch_size, self.cfg.group_by_length, max_token_len, self.device)
         outs = [self._forward(m, temperature, "metric" if calculate_entropy else "none") for m in micros]
         log_probs = unsort_rows(torch.cat([o[0] for o in outs]).cpu(), order)
         ent = unsort_rows(torch.cat([o[1] for o in outs]).cpu(), order) if calculate_entropy else None
@@ -231,7 +280,7 @@ class DataParallelPPOActor:
         for mini in minibatches(data, mini_size, cfg.ppo_epochs, cfg.shuffle, seed=self._updates):
             scaled = micro_scales(mini, cfg.ppo_micro_batch_size_per_gpu, cfg.loss_agg_mode,
                                   "response_mask" if "response_mask" in mini.batch else "attention_mask", self.device,
-                                  by_length=cfg.group_by_length)
+                                  by_length=cfg.group_by_length, max_tokens=cfg.token_budget)
             for i, (micro, scale, token_scale) in enumerate(scaled):
                 if hasattr(self.module, "set_requires_gradient_sync"):  # FSDP2: reduce grads once per mini-batch
                     self.module.set_requires_gradient_sync(i == len(scaled) - 1)

@@ -59,7 +59,8 @@ class DataParallelPPOCritic:
         """Values [B, R], zeroed outside response_mask."""
         if micro_batch_size < 1:
             raise ValueError(f"critic.ppo_micro_batch_size_per_gpu must be >= 1, got {micro_batch_size}")
-        micros, order = micro_batches(data, micro_batch_size, self.cfg.group_by_length)
+        micros, order = micro_batches(data, micro_batch_size, self.cfg.group_by_length, self.cfg.token_budget,
+                                      self.device)
         values = unsort_rows(torch.cat([self._forward(m) for m in micros]).cpu(), order)
         return values * response_mask_of(data).to(values.dtype)
 
@@ -75,7 +76,7 @@ class DataParallelPPOCritic:
         for mini in minibatches(data, mini_size, cfg.ppo_epochs, False, seed=self._updates,
                                 key="critic.ppo_mini_batch_size"):
             scaled = micro_scales(mini, cfg.ppo_micro_batch_size_per_gpu, cfg.loss_agg_mode, mask_key, self.device,
-                                  by_length=cfg.group_by_length)
+                                  by_length=cfg.group_by_length, max_tokens=cfg.token_budget)
             for i, (micro, scale, token_scale) in enumerate(scaled):
                 if hasattr(self.module, "set_requires_gradient_sync"):
                     self.module.set_requires_gradient_sync(i == len(scaled) - 1)

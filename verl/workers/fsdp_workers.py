@@ -119,7 +119,8 @@ class ActorRolloutRefWorker(_FSDPWorker):
     def sync_rollout_weights(self) -> float:
         """Gather the actor's full weights and load them into this rank's engine; returns seconds (collective)."""
         start = time.perf_counter()
-        state = full_state_dict(self.actor.module, device="cpu" if self.device_type == "cpu" else self.device)
+        state = full_state_dict(self.actor.module, device="cpu" if self.device_type == "cpu" else self.device,
+                                dtype=getattr(self.rollout, "dtype", None))
         if self.rollout is not None:
             self.rollout.update_weights(state)
         self._rollout_stale = False
@@ -131,8 +132,10 @@ class ActorRolloutRefWorker(_FSDPWorker):
 
     def compute_log_prob(self, data: DataProto) -> DataProto:
         """DataProto{old_log_probs [B, R], entropys [B, R]} under the current policy."""
+        r = self.arr.rollout
         log_probs, entropy = self.actor.compute_log_prob(
-            data, self.arr.rollout.log_prob_micro_batch_size_per_gpu, self._temperature(data), calculate_entropy=True)
+            data, r.log_prob_micro_batch_size_per_gpu, self._temperature(data), calculate_entropy=True,
+            max_token_len=r.log_prob_max_token_len_per_gpu if r.log_prob_use_dynamic_bsz else 0)
         return DataProto.from_dict({"old_log_probs": log_probs, "entropys": entropy})
 
     def compute_ref_log_prob(self, data: DataProto) -> DataProto:
@@ -140,8 +143,10 @@ class ActorRolloutRefWorker(_FSDPWorker):
         if self.ref is None:
             raise RuntimeError("no reference model: it is built only when actor.use_kl_loss or "
                                "algorithm.use_kl_in_reward is set")
-        log_probs, _ = self.ref.compute_log_prob(data, self.arr.ref.log_prob_micro_batch_size_per_gpu,
-                                                 self._temperature(data))
+        ref = self.arr.ref
+        log_probs, _ = self.ref.compute_log_prob(
+            data, ref.log_prob_micro_batch_size_per_gpu, self._temperature(data),
+            max_token_len=ref.log_prob_max_token_len_per_gpu if ref.log_prob_use_dynamic_bsz else 0)
         return DataProto.from_dict({"ref_log_prob": log_probs})
 
     def update_actor(self, data: DataProto) -> dict[str, float]:

@@ -57,6 +57,15 @@ class Summer(Worker):
     def backend(self) -> str:
         return dist.get_backend()
 
+    def budget_micro_sizes(self, lengths_by_rank: list[list[int]], max_tokens: int) -> list[int]:
+        """Rows per token-budget micro-batch of this rank's rows (real lengths as attention masks)."""
+        from verl.workers.actor import micro_batches
+
+        lengths = lengths_by_rank[dist.get_rank()]
+        mask = torch.tensor([[1] * n + [0] * (max(lengths) - n) for n in lengths])
+        parts, _ = micro_batches(DataProto.from_dict({"attention_mask": mask}), 1, True, max_tokens)
+        return [len(p) for p in parts]
+
 
 def test_not_initialised_error() -> None:
     if ray.is_initialized():
@@ -137,6 +146,9 @@ def test_gloo_all_reduce_across_actors(cluster) -> None:
         assert ray.get(wg.execute_all_async("all_reduce", 1.5)) == [3.0, 3.0]
         refs = [a.call.remote("all_reduce", float(r + 1)) for r, a in enumerate(wg._actors)]
         assert ray.get(refs) == [3.0, 3.0]
+        # token-budget micro-batches: rank 0 fits in one, rank 1 needs three; both run three forwards
+        sizes = wg.execute_all("budget_micro_sizes", [[5, 6, 7, 8], [5, 15, 30, 40]], 40)
+        assert sizes == [[2, 1, 1], [2, 1, 1]]
     finally:
         wg.shutdown()
 

@@ -2,7 +2,7 @@
 
 Invariances: micro-batch 1 x accumulation 4 == micro-batch 4 x accumulation 1 for every loss_agg_mode;
 observation tokens (response_mask 0) carry no loss; the KL loss pulls the policy toward the reference;
-length-grouped micro-batches trim more padding and change neither log-probs nor the update.
+length-grouped and token-budget micro-batches (use_dynamic_bsz) change neither log-probs nor the update.
 """
 
 from __future__ import annotations
@@ -17,7 +17,13 @@ from verl.protocol import DataProto
 from verl.single_controller.dist import init_dist
 from verl.trainer.config import ActorConfig, OptimConfig
 from verl.trainer.ppo import core_algos
-from verl.workers.actor import DataParallelPPOActor, micro_batches, model_inputs, unsort_rows
+from verl.workers.actor import (
+    DataParallelPPOActor,
+    micro_batches,
+    model_inputs,
+    token_budget_sizes,
+    unsort_rows,
+)
 from verl.workers.fsdp_utils import (
     apply_fsdp2,
     build_lr_scheduler,
@@ -191,16 +197,59 @@ def test_micro_batches_grouped_by_length_trim_more_padding() -> None:
 
 
 @pytest.mark.slow
-def test_group_by_length_changes_neither_log_probs_nor_update(model) -> None:
+def test_micro_batch_partitions_change_neither_log_probs_nor_update(model) -> None:
+    """Fixed row counts in input order, length-grouped, and token-budget micro-batches (use_dynamic_bsz): the
+    same log-probs in the input order, the same update."""
     runs = []
-    for by_length in (False, True):
-        actor = fresh_actor(model, group_by_length=by_length, ppo_mini_batch_size=8, ppo_micro_batch_size_per_gpu=2)
+    for overrides in ({"group_by_length": False}, {"group_by_length": True},
+                      {"use_dynamic_bsz": True, "ppo_max_token_len_per_gpu": 64}):
+        actor = fresh_actor(model, ppo_mini_batch_size=8, ppo_micro_batch_size_per_gpu=2, **overrides)
         data = make_batch(batch=8)
-        lp, ent = actor.compute_log_prob(data, micro_batch_size=2, calculate_entropy=True)
+        lp, ent = actor.compute_log_prob(data, micro_batch_size=2, calculate_entropy=True,
+                                         max_token_len=actor.cfg.token_budget)
         data.batch["old_log_probs"] = lp + 0.05 * torch.randn(lp.shape, generator=torch.Generator().manual_seed(1))
         runs.append((lp, ent, actor.update_policy(data)))
-    (lp0, ent0, m0), (lp1, ent1, m1) = runs
-    torch.testing.assert_close(lp0, lp1, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(ent0, ent1, atol=1e-3, rtol=1e-3)
-    for key in ("actor/pg_loss", "actor/grad_norm", "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy"):
-        assert m0[key] == pytest.approx(m1[key], rel=1e-4, abs=2e-5), key
+    (lp0, ent0, m0), *others = runs
+    for lp1, ent1, m1 in others:
+        torch.testing.assert_close(lp0, lp1, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(ent0, ent1, atol=1e-3, rtol=1e-3)
+        for key in ("actor/pg_loss", "actor/grad_norm", "actor/pg_clipfrac", "actor/ppo_kl", "actor/entropy"):
+            assert m0[key] == pytest.approx(m1[key], rel=1e-4, abs=2e-5), key
+
+
+def test_token_budget_sizes_by_hand() -> None:
+    # budget 12: [3, 3, 4] costs 3 x 4 = 12; 10 and 20 would pad it past 12; 20 exceeds it and goes alone
+    assert token_budget_sizes([3, 3, 4, 10, 20], 12) == [3, 1, 1]
+    # five groups asked: the costliest splittable group is halved until there are five
+    assert token_budget_sizes([3, 3, 4, 10, 20], 12, count=4) == [1, 2, 1, 1]
+    assert token_budget_sizes([3, 3, 4, 10, 20], 12, count=5) == [1, 1, 1, 1, 1]
+    assert token_budget_sizes([7, 7, 7, 7], 1000) == [4]
+    with pytest.raises(ValueError, match="cannot make 6 micro-batches of 5 rows"):
+        token_budget_sizes([3, 3, 4, 10, 20], 12, count=6)
+
+
+def test_token_budget_micro_batches_hold_the_budget() -> None:
+    data = make_batch(batch=8)
+    parts, order = micro_batches(data, 2, True, max_tokens=64)
+    lengths = data.batch["attention_mask"].sum(-1)
+    assert sorted(order.tolist()) == list(range(8)) and sum(len(p) for p in parts) == 8
+    assert len({len(p) for p in parts}) > 1  # short rows share a micro-batch, long ones do not
+    for p in parts:
+        real = p.batch["attention_mask"].sum(-1)
+        assert len(p) == 1 or len(p) * int(real.max()) <= 64
+    assert torch.equal(torch.cat([p.batch["attention_mask"].sum(-1) for p in parts]), lengths[order])
+
+
+def test_full_state_dict_casts_before_gathering(model) -> None:
+    """The rollout engine's dtype: every floating tensor comes back in it, equal to the cast fp32 weights, tied
+    weights still shared; without a dtype the fp32 master weights come back unchanged."""
+    fresh_actor(model)
+    fp32 = full_state_dict(model)
+    bf16 = full_state_dict(model, dtype=torch.bfloat16)
+    assert fp32.keys() == bf16.keys()
+    for name, value in fp32.items():
+        assert value.dtype == torch.float32
+        assert bf16[name].dtype == torch.bfloat16
+        assert torch.equal(bf16[name], value.to(torch.bfloat16)), name
+    if "lm_head.weight" in bf16:  # the embedded model ties lm_head to the embeddings
+        assert bf16["lm_head.weight"].data_ptr() == bf16["model.embed_tokens.weight"].data_ptr()
