@@ -18,12 +18,11 @@ sampler thread sums RSS over the whole process tree every 0.5 s and PSS (which c
 5 s (Ray's raylet/GCS, workers and vLLM engine processes for ours): reading PSS of ours' 18 processes every 0.5 s
 cost ~15% of a core (py-spy of the driver), CPU taken from the run being timed.
 
-Commands that produced benchmarks/results/bench_vs_trl.md (each under the machine lock, < 20 min):
+The command behind the figures in BENCHMARKS.md ("Trainer vs TRL"; ~20 min; ours: one worker with 2 threads,
+token-budget micro-batches of 2048 tokens, the defaults of --gpus and --max-tokens):
 
-    for kl in 0 0.001; do for impl in trl ours; do
-      flock /tmp/zs-heavy.lock timeout 1500 .venv/bin/python benchmarks/bench_vs_trl.py --only $impl --kl $kl
-    done; done
-    .venv/bin/python benchmarks/bench_vs_trl.py --report
+    .venv/bin/python benchmarks/bench_vs_trl.py --tag final3
+    .venv/bin/python benchmarks/bench_vs_trl.py --report --tag final3
 
 Without `--only` the script runs the four variants itself in that alternating order, one subprocess each.
 """
@@ -352,12 +351,13 @@ def main() -> None:
     ap.add_argument("--kl", default="0", help="KL coefficient (with --only); without --only both 0 and 0.001")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=6, help="measured steps after the warm-up")
-    ap.add_argument("--gpus", type=int, default=2, help="ours: trainer.n_gpus_per_node (CPU worker processes)")
+    ap.add_argument("--gpus", type=int, default=1,
+                    help="ours: trainer.n_gpus_per_node (CPU workers; 1 worker with 2 threads is fastest here)")
     ap.add_argument("--micro", type=int, default=4, help="ours: micro-batch per worker (0: whole batch)")
     ap.add_argument("--reshard", default="false", help="ours: fsdp_config.reshard_after_forward")
     ap.add_argument("--kv-gb", type=float, default=0.25, help="ours: rollout.kv_cache_space_gb per engine")
     ap.add_argument("--ref-micro", type=int, default=0, help="ours: reference log-prob micro-batch (0: --micro)")
-    ap.add_argument("--max-tokens", type=int, default=0,
+    ap.add_argument("--max-tokens", type=int, default=2048,
                     help="ours: use_dynamic_bsz with this many tokens per micro-batch (0: --micro rows)")
     ap.add_argument("--trl-micro", type=int, default=16,
                     help="TRL: per_device_train_batch_size; gradient accumulation makes it one 8x4 step")
