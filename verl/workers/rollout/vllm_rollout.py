@@ -37,7 +37,6 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 
@@ -72,40 +71,24 @@ def cpu_bind_spec(
 WEIGHTS_DIR_PREFIX = "vllm-rollout-weights-"
 
 
-SHM_ROOT = "/dev/shm"
-
-
-def _weights_root(model_path: str) -> str:
-    """Where the engine's weight file lives: shared memory (no filesystem journal or disk write-back behind each
-    sync; measured 0.10 s vs 0.10-0.44 s for a 270 MB file) when it has room for twice the model's files (an
-    fp32 upper bound), else the temp dir (containers often mount a 64 MB /dev/shm)."""
-    try:
-        need = 2 * sum(f.stat().st_size for f in Path(model_path).glob("*.safetensors"))
-        if need and shutil.disk_usage(SHM_ROOT).free > need and os.access(SHM_ROOT, os.W_OK):
-            return SHM_ROOT
-    except OSError:
-        pass
-    return tempfile.gettempdir()
-
-
-def _make_weights_dir(model_path: str) -> tempfile.TemporaryDirectory:
+def _make_weights_dir() -> tempfile.TemporaryDirectory:
     """A private dir for the engine's weight file, tagged with our pid; dirs of dead processes are removed.
 
     An engine killed without `close()` (a Ray actor killed, a test timeout) would otherwise leave a
-    model-sized file behind for good.
+    model-sized file in the temp dir for good. The temp dir, not /dev/shm: a file in shared memory is RAM
+    held for the engine's lifetime (one model copy per rank; with two fp32 engines it pushed an e2e test past
+    Ray's out-of-memory threshold), while the page cache of a disk file is reclaimable.
     """
     import psutil
 
-    for root in {SHM_ROOT, tempfile.gettempdir()}:
-        if not os.path.isdir(root):
+    root = tempfile.gettempdir()
+    for name in os.listdir(root):
+        if not name.startswith(WEIGHTS_DIR_PREFIX):
             continue
-        for name in os.listdir(root):
-            if not name.startswith(WEIGHTS_DIR_PREFIX):
-                continue
-            pid = name[len(WEIGHTS_DIR_PREFIX) :].split("-", 1)[0]
-            if pid.isdigit() and not psutil.pid_exists(int(pid)):
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-    return tempfile.TemporaryDirectory(prefix=f"{WEIGHTS_DIR_PREFIX}{os.getpid()}-", dir=_weights_root(model_path))
+        pid = name[len(WEIGHTS_DIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=f"{WEIGHTS_DIR_PREFIX}{os.getpid()}-")
 
 
 @contextlib.contextmanager
@@ -220,7 +203,7 @@ class VLLMRollout:
                 world_size,
                 env.get("VLLM_CPU_OMP_THREADS_BIND") or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
             )
-        self._weights_dir = _make_weights_dir(model_path)
+        self._weights_dir = _make_weights_dir()
         try:
             with _environ(env):
                 self.llm = vllm.LLM(**kwargs)

@@ -39,23 +39,14 @@ def test_weights_dirs_of_dead_processes_are_removed(tmp_path, monkeypatch):
 
     from verl.workers.rollout import vllm_rollout
 
-    tmp, shm, model = tmp_path / "tmp", tmp_path / "shm", tmp_path / "model"
-    for d in (tmp, shm, model):
-        d.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
-    monkeypatch.setattr(vllm_rollout, "SHM_ROOT", str(shm))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = [root / f"{vllm_rollout.WEIGHTS_DIR_PREFIX}{int(dead.stdout)}-abc" for root in (tmp, shm)]
-    for d in stale:
-        d.mkdir()
-        (d / "model.safetensors").write_bytes(b"x")
-    other = tmp / "unrelated"
+    stale = tmp_path / f"{vllm_rollout.WEIGHTS_DIR_PREFIX}{int(dead.stdout)}-abc"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"x")
+    other = tmp_path / "unrelated"
     other.mkdir()
-    (model / "model.safetensors").write_bytes(b"w" * 1024)
-    mine = vllm_rollout._make_weights_dir(str(model))  # room for the model in "shared memory": it goes there
-    assert not any(d.exists() for d in stale) and other.exists()
-    assert mine.name.startswith(str(shm / vllm_rollout.WEIGHTS_DIR_PREFIX))
+    mine = vllm_rollout._make_weights_dir()
+    assert not stale.exists() and other.exists()
+    assert mine.name.startswith(str(tmp_path / vllm_rollout.WEIGHTS_DIR_PREFIX))
     mine.cleanup()
-    hub_id = vllm_rollout._make_weights_dir("org/not-a-local-dir")  # size unknown: the temp dir
-    assert hub_id.name.startswith(str(tmp / vllm_rollout.WEIGHTS_DIR_PREFIX))
-    hub_id.cleanup()
