@@ -23,6 +23,7 @@ token-budget micro-batches of 2048 tokens, the defaults of --gpus and --max-toke
 
     .venv/bin/python benchmarks/bench_vs_trl.py --tag final3
     .venv/bin/python benchmarks/bench_vs_trl.py --report --tag final3
+    for kl in 0 0.001; do .venv/bin/python benchmarks/bench_vs_trl.py --only ours --kl $kl --tag final4; done
 
 Without `--only` the script runs the four variants itself in that alternating order, one subprocess each.
 """
