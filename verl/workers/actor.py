@@ -50,12 +50,12 @@ def dist_world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def global_sum(value: float, device: torch.device) -> float:
-    """Sum over ranks (identity without a process group)."""
+def global_sum(value: float, device: torch.device, op: dist.ReduceOp = dist.ReduceOp.SUM) -> float:
+    """Sum (or `op`) over ranks (identity without a process group)."""
     if dist_world_size() == 1:
         return float(value)
     t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=op)
     return float(t.item())
 
 
@@ -72,15 +72,6 @@ def minibatches(data: DataProto, mini_size: int, epochs: int, shuffle: bool, see
     for _ in range(epochs):
         order = data[torch.randperm(n, generator=gen)] if shuffle else data
         yield from order.split(mini_size)
-
-
-def global_max(value: int, device: torch.device) -> int:
-    """Max over ranks (identity without a process group)."""
-    if dist_world_size() == 1:
-        return int(value)
-    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
 
 
 def token_budget_sizes(lengths: list[int], max_tokens: int, count: int = 0) -> list[int]:
@@ -120,7 +111,8 @@ def micro_batches(data: DataProto, micro_size: int, by_length: bool, max_tokens:
         lengths = data.batch["attention_mask"].sum(-1)
         order = torch.argsort(lengths, stable=True)
         sorted_lengths = lengths[order].tolist()
-        count = global_max(len(token_budget_sizes(sorted_lengths, max_tokens)), torch.device(device))
+        count = int(global_sum(len(token_budget_sizes(sorted_lengths, max_tokens)), torch.device(device),
+                               op=dist.ReduceOp.MAX))
         ends = list(accumulate(token_budget_sizes(sorted_lengths, max_tokens, count)))
         ordered = data[order]
         return [ordered[a:b] for a, b in zip([0, *ends[:-1]], ends)], order
