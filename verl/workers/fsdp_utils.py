@@ -2,13 +2,14 @@
 
 - `load_hf_model`: a Hugging Face causal LM (policy/reference) or a value model (the same backbone with a
   scalar head, `AutoModelForTokenClassification(num_labels=1)`), `embedded` resolved to the converted
-  SmolLM2 directory; optional gradient checkpointing.
+  SmolLM2 directory; optional gradient checkpointing; the lm_head gets a contiguous input (see
+  `contiguous_lm_head_input`: 4x faster frozen-reference forwards on CPU).
 - `apply_fsdp2`: `fully_shard` on every decoder layer (the classes in `model._no_split_modules`) and on
   the root, over a 1-D device mesh of the worker group; optional mixed precision (bf16 compute, fp32
   master weights and gradient reduction; the default on CUDA, opt-in on CPU), optional CPU offload (CUDA).
 - `full_state_dict`: unsharded HF-named weights (for rollout weight sync and HF export).
-- `build_optimizer` (AdamW), `build_lr_scheduler` (warmup + constant or cosine with a floor),
-  `clip_grad_norm` (works on DTensor grads; non-finite norms skip the step as in verl).
+- `build_optimizer` (AdamW, the fused kernel where torch has one), `build_lr_scheduler` (warmup + constant or
+  cosine with a floor), `clip_grad_norm` (works on DTensor grads; non-finite norms skip the step as in verl).
 - `trim_padding`: drop columns that are padding in every row of a micro-batch (left of the prompts, right
   of the responses) before the forward, a cheap stand-in for verl's remove-padding kernels.
 
@@ -29,7 +30,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully
 from torch.distributed.tensor import DTensor
 
 from verl.trainer.config import OptimConfig
-from verl.utils.models import resolve_model_path
+from verl.utils.models import contiguous_lm_head_input, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ def load_hf_model(path: str, *, value_model: bool = False, trust_remote_code: bo
         model = AutoModelForCausalLM.from_pretrained(local, config=config, dtype=dtype,
                                                      trust_remote_code=trust_remote_code)
     model.config.use_cache = False
+    if not value_model:
+        contiguous_lm_head_input(model)
     if gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
@@ -143,8 +146,12 @@ def build_optimizer(model: nn.Module, optim: OptimConfig) -> torch.optim.Optimiz
         raise ValueError(f"optim.lr must be >= 0, got {optim.lr}")
     if len(optim.betas) != 2:
         raise ValueError(f"optim.betas needs two values, got {optim.betas}")
-    return torch.optim.AdamW(model.parameters(), lr=optim.lr, betas=tuple(optim.betas),
-                             weight_decay=optim.weight_decay)
+    params = list(model.parameters())
+    # The fused kernel (CPU and CUDA) is the same AdamW update in one pass per tensor; on CPU it takes 0.12 s a
+    # step for the 135M model against 0.62 s for the default per-tensor loop (measured, FSDP2 DTensor params).
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay,
+                             fused=fused or None)
 
 
 def warmup_steps(optim: OptimConfig, total_steps: int) -> int:

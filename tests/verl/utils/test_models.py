@@ -46,3 +46,23 @@ def test_two_processes_convert_once_into_a_loadable_dir(tmp_path):
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**ids, max_new_tokens=16, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+
+
+def test_contiguous_lm_head_input_keeps_the_logits(embedded_model_path):
+    """The hook only changes the memory layout of the lm_head input: a frozen model's kept logits are unchanged."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from verl.utils.models import contiguous_lm_head_input
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32).eval()
+    model.requires_grad_(False)
+    ids = torch.randint(0, 1000, (3, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[:, -5:]
+        plain = model(input_ids=ids, logits_to_keep=5).logits
+        contiguous_lm_head_input(model)
+        assert len(model.get_output_embeddings()._forward_pre_hooks) == 1
+        hooked = model(input_ids=ids, logits_to_keep=5).logits
+    torch.testing.assert_close(hooked, full, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(hooked, plain, rtol=1e-5, atol=1e-4)

@@ -253,3 +253,23 @@ def test_full_state_dict_casts_before_gathering(model) -> None:
         assert torch.equal(bf16[name], value.to(torch.bfloat16)), name
     if "lm_head.weight" in bf16:  # the embedded model ties lm_head to the embeddings
         assert bf16["lm_head.weight"].data_ptr() == bf16["model.embed_tokens.weight"].data_ptr()
+
+
+def test_build_optimizer_is_fused_adamw_with_the_reference_update() -> None:
+    """The fused kernel (chosen on CPU/CUDA) gives the per-tensor loop's AdamW update."""
+    torch.manual_seed(0)
+    ours = torch.nn.Linear(16, 8)
+    ref = torch.nn.Linear(16, 8)
+    ref.load_state_dict(ours.state_dict())
+    optim = OptimConfig(lr=1e-2, weight_decay=0.1, betas=[0.8, 0.95])
+    opt = build_optimizer(ours, optim)
+    assert opt.defaults["fused"] is True
+    ref_opt = torch.optim.AdamW(ref.parameters(), lr=1e-2, weight_decay=0.1, betas=(0.8, 0.95), foreach=False)
+    for step in range(3):
+        x = torch.randn(4, 16, generator=torch.Generator().manual_seed(step))
+        for m, o in ((ours, opt), (ref, ref_opt)):
+            o.zero_grad()
+            m(x).pow(2).sum().backward()
+            o.step()
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -27,6 +27,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from verl.utils.models import contiguous_lm_head_input
 from verl.workers.rollout.base import GenOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class HFRollout:
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(self.device).eval()
         self.model.requires_grad_(False)
+        contiguous_lm_head_input(self.model)  # the prefill keeps one position: see the helper
         config = self.model.config
         self.max_model_len = int(max_model_len or getattr(config, "max_position_embeddings", 4096))
         self.max_num_seqs = max(1, int(max_num_seqs))

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Fine-tune a search simulator (for SEARCH_MODE simulate_sft): collect rows from a real engine, SFT, evaluate.
+#
+#   bash scripts/train_simulator.sh [KEY VALUE]...
+#   bash scripts/train_simulator.sh                      # the embedded world: BM25 -> SmolLM2-135M simulator
+#   bash scripts/train_simulator.sh NPROC 4 MODEL Qwen/Qwen2.5-3B-Instruct QUESTIONS data/nq_hotpotqa_train/train.parquet \
+#        SEARCH "mode=wiki retriever_url=http://127.0.0.1:8000" OUT checkpoints/simulator-3b EPOCHS 2
+#
+# Keys (any order, all optional):
+#   QUESTIONS  parquet(s) with question/golden_answers, space-separated  [data/embedded/train.parquet]
+#   TRAJECTORIES  trainer logs whose search_queries are also collected (logs/train_generations.jsonl) [none]
+#   SEARCH     search.* keys of the real engine                          ["mode=local"]
+#   DATA       where the collected rows go                                 [data/simulator/sft.jsonl]
+#   OUT        the simulator's HF directory                                [checkpoints/simulator]
+#   MODEL [embedded]  EPOCHS [2]  LR [2e-5]  BATCH_SIZE [32]  TOPK [3]  NPROC [1] (torchrun ranks)
+#   EVAL [true]  serve the result and print useful-hit / noisy-leak on held-out questions
+# Then: bash train_grpo.sh SEARCH_MODE simulate_sft SIMULATION_LLM <OUT>
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
+
+QUESTIONS=data/embedded/train.parquet TRAJECTORIES="" SEARCH="mode=local" DATA=data/simulator/sft.jsonl
+OUT=checkpoints/simulator MODEL=embedded EPOCHS=2 LR=2e-5 BATCH_SIZE=32 TOPK=3 NPROC=1 EVAL=true
+KNOWN="QUESTIONS TRAJECTORIES SEARCH DATA OUT MODEL EPOCHS LR BATCH_SIZE TOPK NPROC EVAL"
+while [ $# -gt 0 ]; do
+  key="$1"
+  if ! [[ " $KNOWN " == *" $key "* ]]; then echo "unknown key '$key'; known keys: $KNOWN" >&2; exit 2; fi
+  if [ $# -lt 2 ]; then echo "key '$key' needs a value" >&2; exit 2; fi
+  printf -v "$key" '%s' "$2"; shift 2
+done
+if [ "$QUESTIONS" = data/embedded/train.parquet ] && [ ! -f "$QUESTIONS" ]; then
+  "$PY" -m zerosearch.data.world --out data/embedded
+fi
+
+# shellcheck disable=SC2086  # QUESTIONS / TRAJECTORIES / SEARCH are space-separated lists
+"$PY" -m zerosearch.simulator collect --out "$DATA" --questions $QUESTIONS --trajectories $TRAJECTORIES \
+  --search $SEARCH --topk "$TOPK"
+LAUNCH=("$PY")
+[ "$NPROC" -gt 1 ] && LAUNCH=("$PY" -m torch.distributed.run --nproc_per_node "$NPROC")
+"${LAUNCH[@]}" -m zerosearch.simulator finetune --data "$DATA" --out "$OUT" --model "$MODEL" --epochs "$EPOCHS" \
+  --lr "$LR" --batch-size "$BATCH_SIZE"
+if [ "$EVAL" = true ]; then
+  "$PY" -m zerosearch.simulator evaluate --data "$DATA" --model "$OUT" --mode simulate_sft --topk "$TOPK"
+fi
+echo "simulator ready: bash train_grpo.sh SEARCH_MODE simulate_sft SIMULATION_LLM $OUT" >&2
