@@ -3,23 +3,25 @@ with real (BM25) search, for
 - `base`: the embedded policy before training (`trainer.val_only=true`);
 - `simulate_prompt`: after N GRPO steps whose searches are answered by the simulation LLM (the embedded model behind
   vLLM's OpenAI server, started for the run by the train-script launcher when nothing answers at IP:PORT);
-- `local`: after the same N GRPO steps with real BM25 search during training.
-`simulate_sft` is missing on purpose: the project cannot fine-tune a simulation LLM yet (zerosearch/simulator/ is
-empty), so there is no SFT simulator to serve; add the arm when it exists (`SEARCH_MODE simulate_sft
-SIMULATION_LLM <dir>`).
+- `local`: after the same N GRPO steps with real BM25 search during training;
+- `simulate_sft`: the same N steps with a fine-tuned simulator (`--simulator DIR`, default
+  checkpoints/simulator, built by `bash scripts/train_simulator.sh`: BM25 documents of the train questions labelled
+  useful/noisy, SFT of the embedded model), served for the run like the prompted one.
 
 Every arm runs the quickstart's settings (`zerosearch.quickstart.QUICKSTART_ARGS`: 8 prompts x 4 samples,
-temperature 0.7, format reward 0.2, lr 5e-6, no KL loss, 64 validation questions, bf16 where the CPU has it)
-through the train scripts' path (`zerosearch.launch`: parse_args -> build_overrides -> the trainer subprocess), so
-the trained arms differ only in SEARCH_MODE; TOTAL_STEPS / TEST_FREQ are set here and the same for both. Each
-invocation runs one arm and appends one JSON line (settings, the resolved Hydra overrides, machine, wall time, the
-train curve: reward / EM / F1 / step time per step, the validation curve: EM / F1 per data source at every
+temperature 0.7, format reward 0.2, lr 5e-6, no KL loss, 64 validation questions, bf16 where the CPU has it) through
+the train scripts' path (`zerosearch.launch`: parse_args -> build_overrides -> the trainer subprocess), so the
+trained arms differ only in SEARCH_MODE (and SIMULATION_LLM); TOTAL_STEPS / TEST_FREQ are set here and the same for
+all. Each invocation runs one arm and appends one JSON line (settings, the resolved Hydra overrides, machine, wall
+time, the train curve: reward / EM / F1 / step time per step, the validation curve: EM / F1 per data source at every
 validation) to benchmarks/results/bench_learning.jsonl; `--report` draws the curves from the latest record per arm.
 
 Full run (the lead schedules it; about an hour in all on the 2-core box with N=8, see bench_learning.md):
     flock /tmp/zs-heavy.lock timeout 900  .venv/bin/python benchmarks/bench_learning.py --arm base
     flock /tmp/zs-heavy.lock timeout 3000 .venv/bin/python benchmarks/bench_learning.py --arm simulate_prompt --steps 8
     flock /tmp/zs-heavy.lock timeout 3000 .venv/bin/python benchmarks/bench_learning.py --arm local --steps 8
+    flock /tmp/zs-heavy.lock bash scripts/train_simulator.sh      # once: the SFT simulator in checkpoints/simulator
+    flock /tmp/zs-heavy.lock timeout 3000 .venv/bin/python benchmarks/bench_learning.py --arm simulate_sft --steps 8
     .venv/bin/python benchmarks/bench_learning.py --report
 Smoke run that proved the pipeline (tiny: N=1, 2 prompts x 2 samples, 8 validation questions):
     flock /tmp/zs-heavy.lock timeout 1200 .venv/bin/python benchmarks/bench_learning.py --arm ARM --steps 1 --smoke
@@ -40,8 +42,10 @@ from zerosearch.quickstart import QUICKSTART_ARGS
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_learning.jsonl"
 PLOTS = ROOT / "benchmarks" / "plots"
-COLORS = {"simulate_prompt": "C1", "local": "C0"}
-ARMS = {"base": "local", "simulate_prompt": "simulate_prompt", "local": "local"}  # arm -> SEARCH_MODE
+COLORS = {"simulate_prompt": "C1", "local": "C0", "simulate_sft": "C3"}
+ARMS = {"base": "local", "simulate_prompt": "simulate_prompt", "simulate_sft": "simulate_sft",
+        "local": "local"}  # arm -> SEARCH_MODE
+SIMULATOR = ROOT / "checkpoints" / "simulator"
 SMOKE_ARGS = ["TRAIN_BATCH_SIZE", "2", "ROLLOUT_N", "2", "data.val_max_samples=8",
               "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4"]
 TRAIN_KEYS = ("critic/score/mean", "reward/em", "reward/f1", "reward/has_answer", "reward/format_ok",
@@ -49,11 +53,11 @@ TRAIN_KEYS = ("critic/score/mean", "reward/em", "reward/f1", "reward/has_answer"
               "timing_s/update_actor", "response_length/mean")
 
 
-def arm_args(arm: str, steps: int, test_freq: int, smoke: bool, tag: str, extra: list[str]) -> list[str]:
+def arm_args(arm: str, steps: int, test_freq: int, smoke: bool, tag: str, extra: list[str],
+             simulator: Path = SIMULATOR) -> list[str]:
     """KEY VALUE / a.b=c arguments of the train script for this arm (later values win)."""
     if arm not in ARMS:
-        raise ValueError(f"--arm must be one of {', '.join(ARMS)} (simulate_sft: the project cannot fine-tune a "
-                         f"simulator yet), got {arm!r}")
+        raise ValueError(f"--arm must be one of {', '.join(ARMS)}, got {arm!r}")
     name = f"bench_learning_{arm}" + (f"_{tag}" if tag else "")
     args = [*QUICKSTART_ARGS, "SEARCH_MODE", ARMS[arm], "EXPERIMENT_NAME", name, "LOGGER", "console,jsonl",
             "CHECKPOINT_DIR", str(ROOT / "checkpoints" / "bench_learning" / name), "SAVE_FREQ", "-1",
@@ -62,6 +66,11 @@ def arm_args(arm: str, steps: int, test_freq: int, smoke: bool, tag: str, extra:
         args += ["TOTAL_STEPS", "1", "trainer.val_only=true"]
     else:
         args += ["TOTAL_STEPS", str(steps), "TEST_FREQ", str(test_freq if test_freq > 0 else steps)]
+    if arm == "simulate_sft":
+        if not (Path(simulator) / "config.json").is_file():
+            raise SystemExit(f"bench_learning: no fine-tuned simulator at {simulator}; build it with `bash "
+                             "scripts/train_simulator.sh` (or pass --simulator DIR)")
+        args += ["SIMULATION_LLM", str(simulator)]
     return args + (SMOKE_ARGS if smoke else []) + list(extra)
 
 
@@ -79,8 +88,9 @@ def read_curves(metrics: Path) -> tuple[list[dict], list[dict]]:
     return train, val
 
 
-def run_arm(arm: str, steps: int, test_freq: int, smoke: bool, tag: str, extra: list[str], out: Path) -> dict:
-    args = arm_args(arm, steps, test_freq, smoke, tag, extra)
+def run_arm(arm: str, steps: int, test_freq: int, smoke: bool, tag: str, extra: list[str], out: Path,
+            simulator: Path = SIMULATOR) -> dict:
+    args = arm_args(arm, steps, test_freq, smoke, tag, extra, simulator)
     parsed = launch.parse_args("grpo", args)
     overrides = launch.build_overrides(parsed)
     metrics = Path(parsed.values["CHECKPOINT_DIR"]) / "logs" / "metrics.jsonl"
@@ -169,10 +179,12 @@ def main() -> int:
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--report", action="store_true", help="table and plot from --out")
+    ap.add_argument("--simulator", default=str(SIMULATOR), help="simulate_sft: the fine-tuned simulator's directory")
     args, extra = ap.parse_known_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.arm:
-        rec = run_arm(args.arm, args.steps, args.test_freq, args.smoke, args.tag, extra, Path(args.out))
+        rec = run_arm(args.arm, args.steps, args.test_freq, args.smoke, args.tag, extra, Path(args.out),
+                      Path(args.simulator))
         print(f"{args.arm}: EM {rec['first_val_em']:.3f} -> {rec['final_val_em']:.3f} in {rec['wall_s']:.0f} s")
     if args.report or not args.arm:
         print(report(Path(args.out), PLOTS))

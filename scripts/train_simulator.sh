@@ -8,20 +8,21 @@
 #
 # Keys (any order, all optional):
 #   QUESTIONS  parquet(s) with question/golden_answers, space-separated  [data/embedded/train.parquet]
+#   MAX_QUESTIONS  first N questions of each parquet (0: all)             [0]
 #   TRAJECTORIES  trainer logs whose search_queries are also collected (logs/train_generations.jsonl) [none]
 #   SEARCH     search.* keys of the real engine                          ["mode=local"]
 #   DATA       where the collected rows go                                 [data/simulator/sft.jsonl]
 #   OUT        the simulator's HF directory                                [checkpoints/simulator]
-#   MODEL [embedded]  EPOCHS [2]  LR [2e-5]  BATCH_SIZE [32]  TOPK [3]  NPROC [1] (torchrun ranks)
+#   MODEL [embedded]  EPOCHS [1]  LR [1e-4]  BATCH_SIZE [32]  TOPK [3]  NPROC [1] (torchrun ranks)
 #   EVAL [true]  serve the result and print useful-hit / noisy-leak on held-out questions
 # Then: bash train_grpo.sh SEARCH_MODE simulate_sft SIMULATION_LLM <OUT>
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
 
-QUESTIONS=data/embedded/train.parquet TRAJECTORIES="" SEARCH="mode=local" DATA=data/simulator/sft.jsonl
-OUT=checkpoints/simulator MODEL=embedded EPOCHS=2 LR=2e-5 BATCH_SIZE=32 TOPK=3 NPROC=1 EVAL=true
-KNOWN="QUESTIONS TRAJECTORIES SEARCH DATA OUT MODEL EPOCHS LR BATCH_SIZE TOPK NPROC EVAL"
+QUESTIONS=data/embedded/train.parquet MAX_QUESTIONS=0 TRAJECTORIES="" SEARCH="mode=local" DATA=data/simulator/sft.jsonl
+OUT=checkpoints/simulator MODEL=embedded EPOCHS=1 LR=1e-4 BATCH_SIZE=32 TOPK=3 NPROC=1 EVAL=true
+KNOWN="QUESTIONS MAX_QUESTIONS TRAJECTORIES SEARCH DATA OUT MODEL EPOCHS LR BATCH_SIZE TOPK NPROC EVAL"
 while [ $# -gt 0 ]; do
   key="$1"
   if ! [[ " $KNOWN " == *" $key "* ]]; then echo "unknown key '$key'; known keys: $KNOWN" >&2; exit 2; fi
@@ -34,7 +35,7 @@ fi
 
 # shellcheck disable=SC2086  # QUESTIONS / TRAJECTORIES / SEARCH are space-separated lists
 "$PY" -m zerosearch.simulator collect --out "$DATA" --questions $QUESTIONS --trajectories $TRAJECTORIES \
-  --search $SEARCH --topk "$TOPK"
+  --search $SEARCH --topk "$TOPK" --max-questions "$MAX_QUESTIONS"
 LAUNCH=("$PY")
 [ "$NPROC" -gt 1 ] && LAUNCH=("$PY" -m torch.distributed.run --nproc_per_node "$NPROC")
 "${LAUNCH[@]}" -m zerosearch.simulator finetune --data "$DATA" --out "$OUT" --model "$MODEL" --epochs "$EPOCHS" \

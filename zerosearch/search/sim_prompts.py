@@ -10,12 +10,15 @@ Two families, each with a useful and a noisy variant:
       user:      "search simulation (useful)\\n"        or "search simulation (noisy)\\n"
                  "query: <query>\\n"
                  "question: <question>\\n"               (line omitted when the question is empty)
-                 "answer: <a1> | <a2> | ...\\n"          (line omitted when there are no answers)
+                 "answer: <a1> | <a2> | ...\\n"          (useful only; omitted when there are no answers)
                  "documents: <k>"
       assistant: "Doc 1 (Title: <title>) <text>\\nDoc 2 (Title: <title>) <text>\\n..."  (k lines)
 
   There is no system message. Useful documents help answer the question; noisy ones look relevant to the
-  query but do not contain the answer.
+  query but do not contain the answer. Departure from the paper's simulator prompt, which gives the gold answer
+  for both kinds: the noisy request carries no answer. Measured (BENCHMARKS.md, simulator fine-tuning): a 135M
+  simulator fine-tuned with the answer in both prompts copied it into noisy documents as often as into useful
+  ones; a simulator that never sees the answer cannot leak it.
 
 Both modes ask for `Doc i (Title: t) text` lines, but `parse_documents` accepts what models actually
 write: "Doc 1: ...", "Document 2 -", numbered lists, `[3]`, blank-line paragraphs, markdown headings,
@@ -100,7 +103,7 @@ def sft_prompt(query: str, question: str, answers: list[str], kind: str, k: int)
     lines = [f"search simulation ({kind})", f"query: {query.strip()}"]
     if question.strip():
         lines.append(f"question: {question.strip()}")
-    if answers:
+    if answers and kind == USEFUL:
         lines.append("answer: " + " | ".join(a.strip() for a in answers))
     lines.append(f"documents: {k}")
     return "\n".join(lines)

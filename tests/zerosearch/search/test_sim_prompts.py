@@ -13,6 +13,9 @@ def test_sft_format_is_exact_and_round_trips():
         "answer: Velmora | Velmora City\ndocuments: 5"
     )
     assert sft_prompt("q", "", [], "noisy", 3) == "search simulation (noisy)\nquery: q\ndocuments: 3"
+    # a noisy request never carries the answer (a simulator that never sees it cannot leak it)
+    assert sft_prompt("q", "Who?", ["Velmora"], "noisy", 3) == (
+        "search simulation (noisy)\nquery: q\nquestion: Who?\ndocuments: 3")
     assert sft_messages("q", "", [], "noisy", 3) == [{"role": "user", "content": sft_prompt("q", "", [], "noisy", 3)}]
     docs = [Doc("Velmora", "Velmora is the capital\n of Ostrana."), Doc("Quell", "A river.")]
     target = sft_target(docs)

@@ -104,3 +104,12 @@ def test_cli_collect_writes_rows_and_refuses_a_simulator(tmp_path, sim_world):
     assert bad.returncode != 0 and "needs a real engine" in bad.stderr
     bad = subprocess.run([*base, "--search", "corpus=x"], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown --search key(s) ['corpus']" in bad.stderr
+
+
+def test_train_simulator_script_rejects_unknown_keys():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    done = subprocess.run(["bash", str(root / "scripts" / "train_simulator.sh"), "EPOCH", "2"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "unknown key 'EPOCH'" in done.stderr and "EPOCHS" in done.stderr

@@ -98,11 +98,11 @@ def test_two_ranks_under_torchrun_give_the_one_rank_loss(data_file, tmp_path):
     """FSDP2 over 2 gloo ranks (torchrun) computes the same first-step loss as one process on the same batch."""
     args = ["-m", "zerosearch.simulator", "finetune", "--data", data_file, "--device", "cpu", "--param-dtype",
             "fp32", "--batch-size", "12", "--max-steps", "1", "--val-max-rows", "0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    dist_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in dist_keys} | {"OMP_NUM_THREADS": "1"}
     runs = {}
-    for name, launcher in (("one", [sys.executable]),
-                           ("two", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                                    "--master_port", "0"])):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    for name, launcher in (("one", [sys.executable]), ("two", torchrun)):
         out = tmp_path / name
         done = subprocess.run([*launcher, *args, "--out", str(out), "--threads", "1"], capture_output=True,
                               text=True, timeout=600, env=env)
