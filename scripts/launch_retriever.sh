@@ -15,12 +15,8 @@ PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python
 
 CORPUS=data/embedded/corpus.jsonl PORT=8000 HOST=127.0.0.1 TOPK=3 RETRIEVER=bm25 DENSE_MODEL="" INDEX_DIR=""
 KNOWN="CORPUS PORT HOST TOPK RETRIEVER DENSE_MODEL INDEX_DIR"
-while [ $# -gt 0 ]; do
-  key="$1"
-  if ! [[ " $KNOWN " == *" $key "* ]]; then echo "unknown key '$key'; known keys: $KNOWN" >&2; exit 2; fi
-  if [ $# -lt 2 ]; then echo "key '$key' needs a value" >&2; exit 2; fi
-  printf -v "$key" '%s' "$2"; shift 2
-done
+source scripts/keys.sh
+parse_keys "$KNOWN" "$@"
 [ -f "$CORPUS" ] || { echo "CORPUS '$CORPUS' does not exist" >&2; exit 2; }
 
 ARGS=(--corpus "$CORPUS" --host "$HOST" --port "$PORT" --topk "$TOPK" --retriever "$RETRIEVER")

@@ -20,16 +20,8 @@ PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python
 
 ENGINE=auto MODEL=embedded PORT=6001 HOST=127.0.0.1 TP=1 DP=1 SERVED_NAME="" DTYPE="" KVCACHE_SPACE=2
 KNOWN="ENGINE MODEL PORT HOST TP DP SERVED_NAME DTYPE KVCACHE_SPACE"
-EXTRA=()
-while [ $# -gt 0 ]; do
-  if [ "$1" = "--" ]; then shift; EXTRA=("$@"); break; fi
-  key="$1"
-  if ! [[ " $KNOWN " == *" $key "* ]]; then
-    echo "unknown key '$key'; known keys: $KNOWN (then optionally -- extra server args)" >&2; exit 2
-  fi
-  if [ $# -lt 2 ]; then echo "key '$key' needs a value" >&2; exit 2; fi
-  printf -v "$key" '%s' "$2"; shift 2
-done
+source scripts/keys.sh
+parse_keys "$KNOWN" "$@"  # EXTRA: the arguments after --
 for n in PORT TP DP KVCACHE_SPACE; do
   [[ "${!n}" =~ ^[0-9]+$ ]] || { echo "$n must be a positive integer, got '${!n}'" >&2; exit 2; }
 done

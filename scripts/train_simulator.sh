@@ -23,12 +23,8 @@ PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python
 QUESTIONS=data/embedded/train.parquet MAX_QUESTIONS=0 TRAJECTORIES="" SEARCH="mode=local" DATA=data/simulator/sft.jsonl
 OUT=checkpoints/simulator MODEL=embedded EPOCHS=1 LR=1e-4 BATCH_SIZE=32 TOPK=3 NPROC=1 EVAL=true
 KNOWN="QUESTIONS MAX_QUESTIONS TRAJECTORIES SEARCH DATA OUT MODEL EPOCHS LR BATCH_SIZE TOPK NPROC EVAL"
-while [ $# -gt 0 ]; do
-  key="$1"
-  if ! [[ " $KNOWN " == *" $key "* ]]; then echo "unknown key '$key'; known keys: $KNOWN" >&2; exit 2; fi
-  if [ $# -lt 2 ]; then echo "key '$key' needs a value" >&2; exit 2; fi
-  printf -v "$key" '%s' "$2"; shift 2
-done
+source scripts/keys.sh
+parse_keys "$KNOWN" "$@"
 if [ "$QUESTIONS" = data/embedded/train.parquet ] && [ ! -f "$QUESTIONS" ]; then
   "$PY" -m zerosearch.data.world --out data/embedded
 fi

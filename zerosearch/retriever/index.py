@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock
 
+from verl.utils.plain import iter_jsonl
+
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT = "bm25s-v1"  # bump when tokenisation or parameters change: old caches are ignored
@@ -53,21 +55,14 @@ def load_corpus(path: str | Path) -> list[Passage]:
     if not path.exists():
         raise FileNotFoundError(f"corpus {path} does not exist")
     out: list[Passage] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not JSON ({exc})") from exc
-            if "contents" in row:
-                contents = str(row["contents"])
-            elif "text" in row:
-                contents = f'"{row.get("title", "")}"\n{row["text"]}'
-            else:
-                raise ValueError(f"{path}:{lineno}: a passage needs a 'contents' field (or 'title' + 'text')")
-            out.append(Passage(id=str(row.get("id", lineno - 1)), contents=contents))
+    for lineno, row in iter_jsonl(path):
+        if "contents" in row:
+            contents = str(row["contents"])
+        elif "text" in row:
+            contents = f'"{row.get("title", "")}"\n{row["text"]}'
+        else:
+            raise ValueError(f"{path}:{lineno}: a passage needs a 'contents' field (or 'title' + 'text')")
+        out.append(Passage(id=str(row.get("id", lineno - 1)), contents=contents))
     if not out:
         raise ValueError(f"corpus {path} has no passages")
     return out

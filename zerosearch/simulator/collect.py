@@ -33,6 +33,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from verl.utils.plain import iter_jsonl
 from zerosearch.reward import _as_gold_list, normalize_answer
 from zerosearch.search.base import Doc, SearchBackend, SearchRequest
 from zerosearch.search.sim_prompts import NOISY, USEFUL, sft_messages, sft_target
@@ -76,13 +77,7 @@ def from_trajectory_logs(paths: Iterable[str | Path]) -> Iterator[Query]:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such trajectory log (write one with trainer.log_train_generations=N;"
                                     " it lands in <checkpoint dir>/logs/train_generations.jsonl)")
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{n}: not JSON ({exc})") from exc
+        for _, rec in iter_jsonl(path):
             golds = tuple(_as_gold_list(rec.get("golden_answers")))
             question = str(rec.get("question") or "").strip()
             for q in rec.get("search_queries") or []:

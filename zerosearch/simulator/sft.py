@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from verl.single_controller.dist import init_dist, resolve_device, set_torch_threads
 from verl.trainer.config import OptimConfig
 from verl.utils.models import resolve_model_path
+from verl.utils.plain import iter_jsonl
 from verl.workers.actor import global_sum, token_budget_sizes
 from verl.workers.checkpoint import save_hf
 from verl.workers.fsdp_utils import (
@@ -94,13 +95,7 @@ class SFTConfig:
 # ---------------------------------------------------------------------------------------------- data
 def read_rows(path: str | Path) -> list[dict]:
     rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}:{n}: not JSON ({exc})") from exc
+    for n, r in iter_jsonl(path):
         msgs = r.get("messages")
         if not (isinstance(msgs, list) and len(msgs) >= 2 and msgs[-1].get("role") == "assistant"):
             raise ValueError(f"{path}:{n}: each row needs `messages` ending with an assistant turn (the target), "
