@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
+from results_io import append_record
 from transformers import AutoTokenizer
 
 from verl.protocol import DataProto
@@ -70,13 +70,10 @@ def main() -> None:
     model = resolve_model_path("embedded")
     tok = AutoTokenizer.from_pretrained(model)
     engine = build_rollout_engine(args.engine, model, max_model_len=1024, cpu_threads=2)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     for v in args.variants.split():
         fmt, prefix, temp = v.split(":")
         res = measure(engine, tok, args, fmt, prefix, float(temp), args.data)
-        print(json.dumps(res, indent=1), flush=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(res) + "\n")
+        print(json.dumps(append_record(args.out, res), indent=1), flush=True)
 
 
 if __name__ == "__main__":

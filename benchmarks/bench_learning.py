@@ -16,15 +16,15 @@ all. Each invocation runs one arm and appends one JSON line (settings, the resol
 time, the train curve: reward / EM / F1 / step time per step, the validation curve: EM / F1 per data source at every
 validation) to benchmarks/results/bench_learning.jsonl; `--report` draws the curves from the latest record per arm.
 
-Full run (the lead schedules it; about an hour in all on the 2-core box with N=8, see bench_learning.md):
-    flock /tmp/zs-heavy.lock timeout 900  .venv/bin/python benchmarks/bench_learning.py --arm base
-    flock /tmp/zs-heavy.lock timeout 3000 .venv/bin/python benchmarks/bench_learning.py --arm simulate_prompt --steps 8
-    flock /tmp/zs-heavy.lock timeout 3000 .venv/bin/python benchmarks/bench_learning.py --arm local --steps 8
-    flock /tmp/zs-heavy.lock bash scripts/train_simulator.sh      # once: the SFT simulator in checkpoints/simulator
-    flock /tmp/zs-heavy.lock timeout 3000 .venv/bin/python benchmarks/bench_learning.py --arm simulate_sft --steps 8
+Full run (about an hour in all on a 2-core box with N=8, see bench_learning.md):
+    timeout 900  .venv/bin/python benchmarks/bench_learning.py --arm base
+    timeout 3000 .venv/bin/python benchmarks/bench_learning.py --arm simulate_prompt --steps 8
+    timeout 3000 .venv/bin/python benchmarks/bench_learning.py --arm local --steps 8
+    bash scripts/train_simulator.sh      # once: the SFT simulator in checkpoints/simulator
+    timeout 3000 .venv/bin/python benchmarks/bench_learning.py --arm simulate_sft --steps 8
     .venv/bin/python benchmarks/bench_learning.py --report
 Smoke run that proved the pipeline (tiny: N=1, 2 prompts x 2 samples, 8 validation questions):
-    flock /tmp/zs-heavy.lock timeout 1200 .venv/bin/python benchmarks/bench_learning.py --arm ARM --steps 1 --smoke
+    timeout 1200 .venv/bin/python benchmarks/bench_learning.py --arm ARM --steps 1 --smoke
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def arm_args(arm: str, steps: int, test_freq: int, smoke: bool, tag: str, extra:
     name = f"bench_learning_{arm}" + (f"_{tag}" if tag else "")
     args = [*QUICKSTART_ARGS, "SEARCH_MODE", ARMS[arm], "EXPERIMENT_NAME", name, "LOGGER", "console,jsonl",
             "CHECKPOINT_DIR", str(ROOT / "checkpoints" / "bench_learning" / name), "SAVE_FREQ", "-1",
-            "VAL_BEFORE_TRAIN", "true"]
+            "VAL_BEFORE_TRAIN", "true", "trainer.resume_mode=disable"]  # every arm from the base model
     if arm == "base":
         args += ["TOTAL_STEPS", "1", "trainer.val_only=true"]
     else:
@@ -106,15 +106,13 @@ def run_arm(arm: str, steps: int, test_freq: int, smoke: bool, tag: str, extra: 
         raise SystemExit(f"bench_learning: no validation rows in {metrics}")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_scaling import machine
+    from results_io import append_record
 
     rec = {"bench": "bench_learning", "arm": arm, "search_mode": ARMS[arm], "smoke": smoke, "tag": tag,
            "steps": 0 if arm == "base" else steps, "machine": machine(), "wall_s": round(wall, 1), "args": args,
            "overrides": overrides, "final_val_em": val[-1].get("val/overall/em"),
            "first_val_em": val[0].get("val/overall/em"), "train": train, "val": val}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-    return rec
+    return append_record(out, rec)
 
 
 # ---------------------------------------------------------------------------------------------- report

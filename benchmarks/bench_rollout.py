@@ -38,10 +38,12 @@ import os
 import platform
 import statistics
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from results_io import append_record
 
 logger = logging.getLogger("bench_rollout")
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,7 +167,7 @@ def start_server(port: int, bind: str):
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
     try:
         return start_simulation_server("embedded", port=port, served_name="embedded", kvcache_space_gib=2,
-                                       log_path=f"/tmp/bench_rollout_sim_{port}.log")
+                                       log_path=str(Path(tempfile.gettempdir()) / f"bench_rollout_sim_{port}.log"))
     finally:
         if saved is None:
             os.environ.pop("VLLM_CPU_OMP_THREADS_BIND", None)
@@ -321,15 +323,13 @@ def main() -> None:
                     backend.close()
                 if hasattr(engine, "close"):
                     engine.close()
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.out, "a") as f:
-                for (b, c), rs in trials.items():
-                    line = {"bench": "rollout", "engine": engine_name, "backend": b, "overlap_chunks": c,
-                            "machine": machine, "settings": {**vars(args), "engine_build_s": round(build_s, 1)},
-                            "median": {k: median([r[k] for r in rs]) for k in MEDIAN_KEYS}, "trials": rs}
-                    f.write(json.dumps(line) + "\n")
-                    print(json.dumps({k: line[k] for k in ("engine", "backend", "overlap_chunks", "median")}),
-                          flush=True)
+            for (b, c), rs in trials.items():
+                line = {"bench": "rollout", "engine": engine_name, "backend": b, "overlap_chunks": c,
+                        "machine": machine, "settings": {**vars(args), "engine_build_s": round(build_s, 1)},
+                        "median": {k: median([r[k] for r in rs]) for k in MEDIAN_KEYS}, "trials": rs}
+                append_record(args.out, line)
+                print(json.dumps({k: line[k] for k in ("engine", "backend", "overlap_chunks", "median")}),
+                      flush=True)
     finally:
         if server is not None:
             server.stop()

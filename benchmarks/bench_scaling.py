@@ -12,10 +12,10 @@ which separates the warm-up from the measured steps ("steady" peaks). The prompt
 that most responses run to the token cap (clip ratio recorded): the length axis is the real number of generated
 tokens. The memory accounting that explains these numbers, and the GPU plan, are in `memory_plan.py`.
 
-Commands that produced benchmarks/results/bench_scaling.{jsonl,md} (each under the machine lock):
-    flock /tmp/zs-heavy.lock timeout 1500 .venv/bin/python benchmarks/bench_scaling.py --points 2x128 4x128 8x128 16x128
-    flock /tmp/zs-heavy.lock timeout 1500 .venv/bin/python benchmarks/bench_scaling.py --points 4x64 4x256
-    flock /tmp/zs-heavy.lock timeout 600 .venv/bin/python benchmarks/memory_plan.py --calibrate
+Commands that produced benchmarks/results/bench_scaling.{jsonl,md}:
+    timeout 1500 .venv/bin/python benchmarks/bench_scaling.py --points 2x128 4x128 8x128 16x128
+    timeout 1500 .venv/bin/python benchmarks/bench_scaling.py --points 4x64 4x256
+    timeout 600 .venv/bin/python benchmarks/memory_plan.py --calibrate
     .venv/bin/python benchmarks/bench_scaling.py --report      # plots + markdown tables from the JSONL
     .venv/bin/python benchmarks/memory_plan.py --plan          # the accounting vs these runs, and the GPU plan
 """
@@ -36,6 +36,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from results_io import append_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_scaling.jsonl"
@@ -336,9 +338,7 @@ def main() -> int:
     if args.one:
         prompts, length = (int(x) for x in args.one.split("x"))
         res = run_point(prompts, length, args.steps, args.micro, args.tag)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(res) + "\n")
+        append_record(args.out, res)
         m = res["medians"]
         print(f"{args.one}: step {m.get('timing_s/step', float('nan')):.1f} s, gen {m.get('timing_s/gen', 0):.1f} s, "
               f"update {m.get('timing_s/update_actor', 0):.1f} s; peak RSS MB by role: "

@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 from bench_rollout import ROOT, machine_info, median
+from results_io import append_record
 
 logger = logging.getLogger("bench_simulator")
 
@@ -118,7 +120,7 @@ def main() -> None:
     if url is None:
         t0 = time.perf_counter()
         server = start_simulation_server("embedded", port=args.port, served_name="embedded", kvcache_space_gib=2,
-                                         log_path=f"/tmp/bench_simulator_{args.port}.log")
+                                         log_path=str(Path(tempfile.gettempdir()) / f"bench_simulator_{args.port}.log"))
         logger.info("server healthy after %.0fs", time.perf_counter() - t0)
         url = server.url
     machine, rows = machine_info(), []
@@ -140,14 +142,12 @@ def main() -> None:
         if server is not None:
             server.stop()
     keys = ("searches_per_s", "latency_median_s", "latency_p90_s", "wall_s", "doc_tokens_per_s", "doc_tokens_mean")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        for c in levels:
-            line = {"bench": "simulator", "concurrency": c, "machine": machine, "settings": vars(args),
-                    "median": {k: median([r[k] for r in trials[c]]) for k in keys}, "trials": trials[c]}
-            rows.append(line)
-            f.write(json.dumps(line) + "\n")
-            print(json.dumps({"concurrency": c, "median": line["median"]}), flush=True)
+    for c in levels:
+        line = {"bench": "simulator", "concurrency": c, "machine": machine, "settings": vars(args),
+                "median": {k: median([r[k] for r in trials[c]]) for k in keys}, "trials": trials[c]}
+        rows.append(line)
+        append_record(args.out, line)
+        print(json.dumps({"concurrency": c, "median": line["median"]}), flush=True)
     plot(rows, Path(args.plot))
 
 

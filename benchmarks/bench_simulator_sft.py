@@ -9,8 +9,8 @@ asked once for useful and once for noisy documents (`zerosearch.simulator.qualit
 useful_hit = share of useful calls with a gold answer in some document (higher is better); noisy_leak = share of
 noisy calls with a gold answer in some document (lower is better); docs/call = parsed documents over k.
 
-    flock /tmp/zs-heavy.lock bash scripts/train_simulator.sh MAX_QUESTIONS 800 EVAL false   # ~12 min
-    flock /tmp/zs-heavy.lock .venv/bin/python benchmarks/bench_simulator_sft.py               # ~6 min
+    bash scripts/train_simulator.sh MAX_QUESTIONS 800 EVAL false   # ~12 min
+    .venv/bin/python benchmarks/bench_simulator_sft.py               # ~6 min
 Each engine appends one JSON line to benchmarks/results/bench_simulator_sft.jsonl; the table is printed and written
 to benchmarks/results/bench_simulator_sft.md.
 """

@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 import psutil
+from results_io import append_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_vs_trl.jsonl"
@@ -338,9 +339,7 @@ def one(args) -> dict:
            **res, "median_step_s": statistics.median(measured) if measured else None,
            "median_gen_s": statistics.median([g for g in res["gen_s"][args.warmup:] if g is not None] or [0]),
            "wall_s": round(wall, 1), **mem.result()}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS, "a") as f:
-        f.write(json.dumps(rec) + "\n")
+    append_record(RESULTS, rec)
     print(json.dumps({k: rec[k] for k in ("impl", "kl", "median_step_s", "median_gen_s", "step_s", "wall_s",
                                           "peak_rss_tree_gib", "peak_pss_tree_gib")}))
     return rec

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 from bench_rollout import ROOT, machine_info, median
+from results_io import append_record
 
 logger = logging.getLogger("bench_weight_sync")
 KEYS = ("perf/weight_sync_s", "timing_s/sync_weights", "timing_s/step", "timing_s/gen", "timing_s/update_actor",
@@ -57,9 +58,7 @@ def main() -> None:
     med["weight_sync_share"] = median(share)
     line = {"bench": "weight_sync", "machine": machine_info(), "settings": {**vars(args), "overrides": overrides},
             "median_after_step1": med, "steps": steps}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a") as f:
-        f.write(json.dumps(line) + "\n")
+    append_record(args.out, line)
     print(json.dumps(med, indent=1))
 
 

@@ -4,6 +4,9 @@ Layout (verl's): `<default_local_dir>/global_step_<k>/{actor,critic,huggingface,
 `<default_local_dir>/latest_checkpointed_iteration.txt`. The pointer is written (temp file + rename)
 only after every part of the step directory is complete, so a run killed mid-save resumes from the
 previous complete checkpoint instead of a half-written one.
+
+Cadence (`save_due`): every `trainer.save_freq` steps, or every `trainer.save_interval_minutes`, whichever is
+rarer; the last step always saves. The launcher's CPU default saves every step, so a kill loses at most one.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ from pathlib import Path
 
 POINTER = "latest_checkpointed_iteration.txt"
 STEP_RE = re.compile(r"^global_step_(\d+)$")
+
+
+def save_due(step: int, last: bool, save_freq: int, interval_minutes: float, seconds_since_save: float) -> bool:
+    """Whether step `step` saves: every `save_freq`-th step and the last one (`save_freq` <= 0: never); with
+    `interval_minutes` > 0 a save_freq step saves only when that long has passed since the previous save (or
+    the start), so the cadence is whichever of the two is rarer. The last step always saves."""
+    if save_freq <= 0 or not (step % save_freq == 0 or last):
+        return False
+    return last or seconds_since_save >= 60.0 * interval_minutes
 
 
 def step_dir(root: str | Path, step: int) -> Path:
