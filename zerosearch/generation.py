@@ -63,6 +63,7 @@ from typing import Any
 import numpy as np
 
 from verl.protocol import DataProto
+from verl.utils import progress
 from verl.utils.plain import to_plain
 from verl.utils.rollout_batch import build_rollout_batch
 from verl.workers.rollout.base import GenOutput, RolloutEngine, SamplingParams
@@ -134,6 +135,7 @@ class SearchRolloutManager:
             raise ValueError("the tokenizer has neither pad_token_id nor eos_token_id; set one")
         self.pad_token_id = int(pad)
         self._special_ids = set(getattr(tokenizer, "all_special_ids", []) or [])
+        self._reported = 0  # trajectories of the current run() reported to the progress bar
 
     # ------------------------------------------------------------------ public
     def run(self, batch: DataProto, params: SamplingParams, step: int = 0) -> DataProto:
@@ -148,10 +150,12 @@ class SearchRolloutManager:
                 f"({cfg.max_response_length}) exceeds the engine's max_model_len ({max_model_len}); lower them"
             )
         rows = self._init_rows(batch)
+        self._reported = 0
         noise_p = float(self.noise_schedule(step)) if self.noise_schedule is not None else 0.0
         n_chunks = min(cfg.overlap_chunks, len(rows))
         if n_chunks <= 1:
             for searching in self._play(rows, params, chunk=0):
+                self._report_progress(rows)
                 self._apply(searching, self._call_backend(searching, noise_p))
         else:
             bounds = np.linspace(0, len(rows), n_chunks + 1).round().astype(int)
@@ -159,7 +163,14 @@ class SearchRolloutManager:
         for row in rows:
             if not row.done:
                 row.end("max_turns")
+        self._report_progress(rows)
         return self._to_dataproto(batch, rows, noise_p)
+
+    def _report_progress(self, rows: list[_Trajectory]) -> None:
+        """Newly finished trajectories -> the console's progress bar (`verl.utils.progress`; no bar: a no-op)."""
+        done = sum(row.done for row in rows)
+        progress.advance(done - self._reported)
+        self._reported = done
 
     # ------------------------------------------------------------------ steps
     def _init_rows(self, batch: DataProto) -> list[_Trajectory]:
@@ -239,6 +250,7 @@ class SearchRolloutManager:
                         pending[c] = None
                         self._apply(searching, future.result())
                     searching = next(players[c], None)
+                    self._report_progress([row for chunk in chunks for row in chunk])
                     if searching is None:
                         live.remove(c)
                     elif searching:

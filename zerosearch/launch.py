@@ -5,6 +5,9 @@ every key optional with a default (embedded model, embedded world, prompted simu
 is no GPU), unknown keys and missing values rejected (exit 2) with the list of valid keys, and anything
 of the form `a.b=c` passed through to Hydra. When the search mode is a simulation and nothing answers
 at IP:PORT, a local simulation model is served for the run and stopped on exit (Ctrl-C included).
+Boolean keys take true/false, 1/0 or yes/no (any case); anything else exits 2. The run's log is
+`<checkpoint dir>/logs/train.log` (this launcher's lines, then the trainer's and its workers'), the simulation
+server's `simulation_server.log` next to it; the console stays quiet unless LOG_LEVEL / VERBOSE say otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ logger = logging.getLogger("zerosearch.launch")
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_DATA = "data/embedded"
 SIM_MODES = ("simulate_prompt", "simulate_sft")
+CPU_TOKEN_BUDGET = 2048  # tokens per micro-batch per worker on CPU (ppo_max_token_len_per_gpu)
 
 # key -> (default, help). Defaults are the embedded CPU setup; GPU users pass the original values.
 KEYS: dict[str, tuple[str, str]] = {
@@ -42,7 +46,10 @@ KEYS: dict[str, tuple[str, str]] = {
     "PORT": ("6001", "simulation server port"),
     "EXPERIMENT_NAME": ("auto", "run name (auto: like the original's)"),
     "WANDB_PROJECT": ("zerosearch", "W&B project (offline without WANDB_API_KEY)"),
-    "SAVE_FREQ": ("auto", "checkpoint every N steps and at the end (auto: at the end; -1: never)"),
+    "SAVE_FREQ": ("auto", "checkpoint every N steps and at the end (auto: every step on CPU, at the end on GPU; "
+                          "-1: never)"),
+    "SAVE_MINUTES": ("0", "save at a SAVE_FREQ step only if this many minutes passed since the last save "
+                          "(whichever is rarer; 0: no time condition; the last step always saves)"),
     "TEST_FREQ": ("auto", "validate every N steps and at the end (auto: at the end; -1: never)"),
     "VAL_BEFORE_TRAIN": ("true", "validate before the first step"),
     "DEVICE": ("auto", "auto | cpu | cuda"),
@@ -57,7 +64,12 @@ KEYS: dict[str, tuple[str, str]] = {
     "CORPUS_PATH": ("auto", "corpus JSONL for the local BM25 engine (auto: DATA_PATH/corpus.jsonl)"),
     "RETRIEVER_URL": ("http://127.0.0.1:8000", "wiki retriever server"),
     "DRY_RUN": ("false", "print the trainer command and exit"),
+    "LOG_LEVEL": ("WARNING", "console level: DEBUG | INFO | WARNING | ERROR (INFO and DEBUG show library output; "
+                             "<checkpoint dir>/logs/train.log has everything at INFO and above either way)"),
+    "VERBOSE": ("false", "true: everything on the console (vLLM, Ray, HF output and warnings), as without the run log"),
 }
+BOOL_KEYS = ("VAL_BEFORE_TRAIN", "DRY_RUN", "VERBOSE")
+TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
 
 ALGOS: dict[str, list[str]] = {
     # the original scripts: GRPO / REINFORCE with a low-variance KL loss of 0.001; PPO with a critic and KL in reward
@@ -109,6 +121,14 @@ def parse_args(algo: str, argv: list[str]) -> Launch:
     return Launch(algo, merged, passthrough)
 
 
+def parse_bool(value: str, key: str) -> bool:
+    """true/false, 1/0, yes/no (any case); anything else is a UsageError naming the key."""
+    word = str(value).strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    raise UsageError(f"{key} expects true/false (or 1/0, yes/no), got {value!r}")
+
+
 def _has_gpu() -> bool:
     try:
         import torch
@@ -158,13 +178,19 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
         v["PRECISION"] = "bf16" if not cpu or cpu_has_native_bf16() else "fp32"
     if v["PRECISION"] not in ("fp32", "bf16"):
         raise UsageError(f"PRECISION must be auto, fp32 or bf16, got {v['PRECISION']!r}")
-    for k in ("SAVE_FREQ", "TEST_FREQ"):
-        if v[k] == "auto":
-            v[k] = v["TOTAL_STEPS"]
+    for k in BOOL_KEYS:
+        v[k] = "true" if parse_bool(v[k], k) else "false"
+    v["LOG_LEVEL"] = v["LOG_LEVEL"].upper()
+    if v["LOG_LEVEL"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise UsageError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {launch.values['LOG_LEVEL']!r}")
+    if v["SAVE_FREQ"] == "auto":  # a CPU step takes minutes: a kill must lose at most one
+        v["SAVE_FREQ"] = "1" if cpu else v["TOTAL_STEPS"]
+    if v["TEST_FREQ"] == "auto":
+        v["TEST_FREQ"] = v["TOTAL_STEPS"]
     for k in ("NUM_GPUS_PER_NODE", "TOTAL_STEPS", "SAVE_FREQ", "TEST_FREQ", "TRAIN_BATCH_SIZE", "ROLLOUT_N",
               "MAX_TURNS", "TOPK", "PORT"):
         _num(v, k, int)
-    for k in ("START_THRESHOLD", "END_THRESHOLD", "LR"):
+    for k in ("START_THRESHOLD", "END_THRESHOLD", "LR", "SAVE_MINUTES"):
         _num(v, k, float)
     if launch.algo == "ppo" and launch.values["ROLLOUT_N"] == "auto":
         v["ROLLOUT_N"] = "1"
@@ -185,9 +211,12 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
         f"trainer.project_name={v['WANDB_PROJECT']}",
         f"trainer.experiment_name={name}",
         f"trainer.save_freq={int(v['SAVE_FREQ'])}",
+        f"trainer.save_interval_minutes={float(v['SAVE_MINUTES'])}",
         f"trainer.test_freq={int(v['TEST_FREQ'])}",
-        f"trainer.val_before_train={v['VAL_BEFORE_TRAIN'].lower()}",
+        f"trainer.val_before_train={v['VAL_BEFORE_TRAIN']}",
         f"trainer.logger=[{v['LOGGER']}]",
+        f"trainer.log_level={v['LOG_LEVEL']}",
+        f"trainer.verbose={v['VERBOSE']}",
         f"actor_rollout_ref.model.path={v['MODEL_PATH']}",
         f"critic.model.path={v['MODEL_PATH']}",
         f"actor_rollout_ref.rollout.name={v['ROLLOUT']}",
@@ -214,7 +243,23 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
         ov.append(f"trainer.default_local_dir={v['CHECKPOINT_DIR']}")
     # The batch shape must stay divisible: mini-batch = whole batch (one update per step, as on CPU).
     ov.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={int(v['TRAIN_BATCH_SIZE'])}")
+    # Token-budget micro-batches (the trainer's memory plan lowers the budgets further when the machine needs it).
+    ov += ["actor_rollout_ref.actor.use_dynamic_bsz=true", "critic.use_dynamic_bsz=true"]
+    if cpu:  # about two rows of the embedded setup (512 + 320 tokens): ~3 GB of fp32 activations per micro-batch
+        ov += [f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={CPU_TOKEN_BUDGET}",
+               f"critic.ppo_max_token_len_per_gpu={CPU_TOKEN_BUDGET}"]
     return ALGOS[launch.algo] + ov + launch.passthrough
+
+
+def run_dir(overrides: list[str]) -> Path:
+    """The trainer's `default_local_dir` (checkpoints, and logs/ with train.log) for these overrides, absolute."""
+    last: dict[str, str] = {}
+    for o in overrides:
+        key, _, value = o.lstrip("+~").partition("=")
+        last[key] = value
+    d = last.get("trainer.default_local_dir") or \
+        f"checkpoints/{last.get('trainer.project_name', 'zerosearch')}/{last.get('trainer.experiment_name', 'run')}"
+    return Path(d) if Path(d).is_absolute() else ROOT / d
 
 
 def _simulator_needed(v: dict[str, str]) -> bool:
@@ -241,15 +286,29 @@ def main(argv: list[str] | None = None) -> int:
         print(usage(algo if algo in ALGOS else "grpo"), file=sys.stderr)
         return 0 if str(e) == "help" else 2
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "zerosearch", *overrides]
-    if launch.values["DRY_RUN"].lower() == "true":
+    if parse_bool(launch.values["DRY_RUN"], "DRY_RUN"):
         print(" ".join(cmd))
         return 0
+    from verl.utils.console import setup_run_logging
+
+    logs = run_dir(overrides) / "logs"  # the run log: this launcher's lines, then the trainer's
+    run_log = setup_run_logging(logs, launch.values["LOG_LEVEL"], parse_bool(launch.values["VERBOSE"], "VERBOSE"),
+                                redirect_stdout=False)
     embedded_missing = not (ROOT / EMBEDDED_DATA / "train.parquet").exists()
     if launch.values["DATA_PATH"].rstrip("/") == EMBEDDED_DATA and embedded_missing:
-        subprocess.run([sys.executable, "-m", "zerosearch.data.world", "--out", str(ROOT / EMBEDDED_DATA)], check=True)
+        with open(run_log.path, "a") as out:
+            made = subprocess.run([sys.executable, "-m", "zerosearch.data.world", "--out", str(ROOT / EMBEDDED_DATA)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+        if made.returncode != 0:
+            print(f"error: generating the embedded world failed (exit {made.returncode}); see {run_log.path}",
+                  file=sys.stderr)
+            return 1
     server = None
     try:
-        server = _ensure_simulator(launch.values)
+        server = _ensure_simulator(launch.values, logs / "simulation_server.log")
+        if server is not None and not any(o.startswith("trainer.colocated_server_gb=") for o in overrides):
+            gb = _server_gb(server, launch.values["SIMULATION_LLM"], "trainer.device=cpu" in overrides)
+            cmd.append(f"trainer.colocated_server_gb={gb:.2f}")
         proc = subprocess.Popen(cmd, cwd=ROOT)
         try:
             return proc.wait()
@@ -261,8 +320,26 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
 
-def _ensure_simulator(v: dict[str, str]):
-    """Start a local simulation server when the mode needs one and none answers at IP:PORT."""
+def _server_gb(server, model: str, cpu: bool) -> float:
+    """RAM of the simulation server this launcher started, for the trainer's memory plan: its processes' RSS now,
+    or the plan's estimate of a vLLM server (verl.utils.memory_plan.vllm_server_bytes) when that is larger."""
+    import psutil
+
+    from verl.utils.memory_plan import GB, model_dims, vllm_server_bytes
+
+    try:
+        root = psutil.Process(server.process.pid)
+        measured = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
+    except psutil.Error:
+        measured = 0
+    dims = model_dims(model)
+    kv_gb = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")) if cpu else 0.0
+    planned = vllm_server_bytes(dims, w=4 if cpu else 2, kv_gb=kv_gb) if dims is not None else 0.0
+    return max(measured, planned) / GB
+
+
+def _ensure_simulator(v: dict[str, str], log_path: Path):
+    """Start a local simulation server (output: `log_path`) when the mode needs one and none answers at IP:PORT."""
     if not _simulator_needed(v):
         return None
     from zerosearch.search.server_launch import is_healthy, start_simulation_server
@@ -276,7 +353,7 @@ def _ensure_simulator(v: dict[str, str]):
                          "scripts/launch_simulation_server.sh or set SIMULATION_LLM to a local model")
     logger.info("no simulator at 127.0.0.1:%d: serving %s for this run", port, v["SIMULATION_LLM"])
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    return start_simulation_server(v["SIMULATION_LLM"], port=port, served_name=v["SIMULATION_LLM"])
+    return start_simulation_server(v["SIMULATION_LLM"], port=port, served_name=v["SIMULATION_LLM"], log_path=log_path)
 
 
 if __name__ == "__main__":

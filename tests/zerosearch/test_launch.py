@@ -79,6 +79,17 @@ def test_bad_number_names_the_key():
         build_overrides(parse_args("grpo", ["TOTAL_STEPS", "many"]), gpu=False)
 
 
+def test_checkpoint_cadence_defaults():
+    cpu = _ov(build_overrides(parse_args("grpo", []), gpu=False))  # a CPU step takes minutes: save every one
+    assert cpu["trainer.save_freq"] == "1" and cpu["trainer.save_interval_minutes"] == "0.0"
+    gpu = _ov(build_overrides(parse_args("grpo", ORIGINAL), gpu=True))
+    assert gpu["trainer.save_freq"] == "203"
+    ov = _ov(build_overrides(parse_args("grpo", ["SAVE_FREQ", "5", "SAVE_MINUTES", "30"]), gpu=False))
+    assert ov["trainer.save_freq"] == "5" and ov["trainer.save_interval_minutes"] == "30.0"
+    with pytest.raises(UsageError, match="SAVE_MINUTES expects a number"):
+        build_overrides(parse_args("grpo", ["SAVE_MINUTES", "often"]), gpu=False)
+
+
 def test_precision_follows_the_hardware_unless_given():
     from verl.workers.fsdp_utils import cpu_has_native_bf16
 
@@ -117,3 +128,48 @@ def test_script_dry_run_prints_the_trainer_command():
     assert r.returncode == 0, r.stderr
     assert "verl.trainer.main_ppo --config-name zerosearch" in r.stdout
     assert "search.mode=simulate_sft" in r.stdout
+
+
+@pytest.mark.parametrize("word, expected", [("true", True), ("TRUE", True), ("1", True), ("Yes", True),
+                                            ("false", False), ("0", False), ("NO", False), (" False ", False)])
+def test_boolean_words(word, expected):
+    from zerosearch.launch import parse_bool
+
+    assert parse_bool(word, "VERBOSE") is expected
+
+
+def test_console_keys_map_to_trainer_keys():
+    ov = _ov(build_overrides(parse_args("grpo", []), gpu=False))
+    assert ov["trainer.log_level"] == "WARNING" and ov["trainer.verbose"] == "false"
+    ov = _ov(build_overrides(parse_args("grpo", ["LOG_LEVEL", "info", "VERBOSE", "yes", "VAL_BEFORE_TRAIN", "0"]),
+                             gpu=False))
+    assert ov["trainer.log_level"] == "INFO" and ov["trainer.verbose"] == "true"
+    assert ov["trainer.val_before_train"] == "false"
+    with pytest.raises(UsageError, match="LOG_LEVEL must be"):
+        build_overrides(parse_args("grpo", ["LOG_LEVEL", "LOUD"]), gpu=False)
+
+
+@pytest.mark.parametrize("key", ["VERBOSE", "DRY_RUN", "VAL_BEFORE_TRAIN"])
+def test_a_bad_boolean_exits_2_naming_the_key(key, capsys):
+    from zerosearch.launch import main
+
+    assert main(["grpo", key, "maybe", "DRY_RUN" if key != "DRY_RUN" else "VERBOSE", "true"]) == 2
+    assert f"{key} expects true/false (or 1/0, yes/no), got 'maybe'" in capsys.readouterr().err
+
+
+def test_dry_run_1_is_a_dry_run(capsys):
+    from zerosearch.launch import main
+
+    assert main(["grpo", "DRY_RUN", "1"]) == 0  # `DRY_RUN 1` used to start training
+    assert "verl.trainer.main_ppo --config-name zerosearch" in capsys.readouterr().out
+
+
+def test_run_dir_follows_the_overrides(tmp_path):
+    from zerosearch.launch import ROOT as LAUNCH_ROOT
+    from zerosearch.launch import run_dir
+
+    ov = build_overrides(parse_args("grpo", ["EXPERIMENT_NAME", "x"]), gpu=False)
+    assert run_dir(ov) == LAUNCH_ROOT / "checkpoints" / "zerosearch" / "x"
+    ov = build_overrides(parse_args("grpo", ["CHECKPOINT_DIR", str(tmp_path)]), gpu=False)
+    assert run_dir(ov) == tmp_path
+    assert run_dir([*ov, f"+trainer.default_local_dir={tmp_path / 'y'}"]) == tmp_path / "y"

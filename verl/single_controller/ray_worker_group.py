@@ -32,6 +32,7 @@ import ray
 
 from verl.protocol import DataProto
 from verl.single_controller.dist import find_free_port
+from verl.utils import console
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +42,15 @@ class _WorkerHost:
 
     def __init__(self, worker_cls: type, env: dict[str, str], args: tuple, kwargs: dict) -> None:
         os.environ.update(env)
+        self.label = f"{env.get('WORKER_GROUP', 'worker')} rank {env.get('RANK', '?')}"
+        console.redirect_worker_output(self.label)  # a quiet run: this process's output -> the run log
         self.worker = worker_cls(*args, **kwargs)
 
-    def ready(self) -> bool:
-        return True
+    def __repr__(self) -> str:  # Ray names the actor by this in its errors and log prefixes
+        return getattr(self, "label", "_WorkerHost")
+
+    def ready(self) -> int:
+        return os.getpid()
 
     def close(self) -> None:
         """Let the worker release what it owns (e.g. a vLLM engine's processes) before the actor dies."""
@@ -106,12 +112,13 @@ class RayWorkerGroup:
         remote_cls = ray.remote(_WorkerHost).options(**options)
         self._actors = []
         for rank in range(world_size):
-            rank_env = {k: str(v) for k, v in (env or {}).items()}
+            rank_env = {**console.worker_env(), **{k: str(v) for k, v in (env or {}).items()}}
             rank_env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(self.master_port), WORKER_GROUP=name)
             self._actors.append(remote_cls.remote(worker_cls, rank_env, tuple(init_args), dict(init_kwargs or {})))
+        self._pids: list[int | None] = [None] * world_size
         try:  # constructors run in parallel (they rendezvous for the process group); surface their errors here
-            ray.get([a.ready.remote() for a in self._actors], timeout=ready_timeout_s)
+            self._pids = self._get([a.ready.remote() for a in self._actors], "__init__", timeout=ready_timeout_s)
         except ray.exceptions.GetTimeoutError as e:
             self.shutdown()
             raise RuntimeError(f"worker group {name!r}: workers not ready after {ready_timeout_s:.0f} s; the Ray "
@@ -122,17 +129,43 @@ class RayWorkerGroup:
             raise
         logger.info("worker group %r: %d %s workers up (port %d)", name, world_size, device, self.master_port)
 
+    # ------------------------------------------------------------------ results and failures
+    def _get(self, refs: list[ray.ObjectRef], method: str, timeout: float | None = None) -> list[Any]:
+        """`ray.get` of one ref per rank (rank order); a failure is re-raised tagged with the failing worker."""
+        try:
+            return ray.get(refs, timeout=timeout)
+        except ray.exceptions.GetTimeoutError:
+            raise
+        except ray.exceptions.RayError as e:
+            raise self._blame(refs, method, e) from None
+
+    def _blame(self, refs: list[ray.ObjectRef], method: str, first: Exception) -> Exception:
+        """The root failure among the ranks (killed for memory > died > raised: when one rank dies, the others fail
+        in their collectives), tagged `worker_group`, `worker_rank`, `worker_method`, `worker_pid`."""
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=2.0)
+        failed: list[tuple[int, Exception]] = []
+        for rank, ref in enumerate(refs):
+            if ref in ready:
+                try:
+                    ray.get(ref, timeout=0)
+                except ray.exceptions.RayError as err:
+                    failed.append((rank, err))
+        rank, err = min(failed or [(None, first)], key=lambda f: _severity(f[1]))
+        err.worker_group, err.worker_rank, err.worker_method = self.name, rank, method
+        err.worker_pid = self._pids[rank] if rank is not None and rank < len(getattr(self, "_pids", [])) else None
+        return err
+
     # ------------------------------------------------------------------ plain dispatch
     def execute_all_async(self, method: str, *args: Any, **kwargs: Any) -> list[ray.ObjectRef]:
         """Call `method` on every rank with the same arguments; returns object refs in rank order."""
         return [a.call.remote(method, *args, **kwargs) for a in self._actors]
 
     def execute_all(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
-        return ray.get(self.execute_all_async(method, *args, **kwargs))
+        return self._get(self.execute_all_async(method, *args, **kwargs), method)
 
     def execute_rank0(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Rank 0 only: for methods without collectives (rank 0 would wait forever for the others)."""
-        return ray.get(self._actors[0].call.remote(method, *args, **kwargs))
+        return self._get([self._actors[0].call.remote(method, *args, **kwargs)], method)[0]
 
     # ------------------------------------------------------------------ data-parallel dispatch
     def dispatch_dp_async(self, method: str, data: DataProto, **kwargs: Any) -> tuple[list[ray.ObjectRef], int]:
@@ -141,11 +174,10 @@ class RayWorkerGroup:
         chunks = padded.chunk(self.world_size)
         return [a.call.remote(method, c, **kwargs) for a, c in zip(self._actors, chunks)], pad_size
 
-    @staticmethod
-    def collect_dp(refs: list[ray.ObjectRef], pad_size: int) -> Any:
+    def collect_dp(self, refs: list[ray.ObjectRef], pad_size: int, method: str = "dispatch_dp") -> Any:
         """Gather `dispatch_dp_async` results: DataProtos are concatenated (rank order) and unpadded;
         anything else (e.g. metric dicts) is returned as the per-rank list."""
-        outputs = ray.get(refs)
+        outputs = self._get(refs, method)
         if all(isinstance(o, DataProto) for o in outputs):
             return DataProto.concat(outputs).unpad(pad_size)
         return outputs
@@ -153,7 +185,7 @@ class RayWorkerGroup:
     def dispatch_dp(self, method: str, data: DataProto, **kwargs: Any) -> Any:
         """Data-parallel call over a DataProto (see `collect_dp` for the return value)."""
         refs, pad_size = self.dispatch_dp_async(method, data, **kwargs)
-        return self.collect_dp(refs, pad_size)
+        return self.collect_dp(refs, pad_size, method)
 
     def dispatch_dp_exact(self, method: str, data: DataProto, **kwargs: Any) -> list[Any]:
         """Data parallel without padding (for updates, where a duplicated row would bias the gradient):
@@ -162,7 +194,8 @@ class RayWorkerGroup:
             raise ValueError(f"worker group {self.name!r}: a batch of {len(data)} rows does not split evenly over "
                              f"{self.world_size} workers; make data.train_batch_size * rollout.n divisible by "
                              "trainer.n_gpus_per_node")
-        return ray.get([a.call.remote(method, c, **kwargs) for a, c in zip(self._actors, data.chunk(self.world_size))])
+        chunks = data.chunk(self.world_size)
+        return self._get([a.call.remote(method, c, **kwargs) for a, c in zip(self._actors, chunks)], method)
 
     def dispatch_dp_list(self, method: str, items: Sequence[Any], *args: Any, **kwargs: Any) -> list[Any]:
         """Split a list into contiguous near-equal chunks, rank i gets chunk i, outputs concatenated in order.
@@ -180,7 +213,7 @@ class RayWorkerGroup:
             refs.append(actor.call.remote(method, items[start:stop], *rank_args, **kwargs))
             start = stop
         out: list[Any] = []
-        for part in ray.get(refs):
+        for part in self._get(refs, method):
             out.extend(part)
         return out
 
@@ -191,7 +224,9 @@ class RayWorkerGroup:
         if actors:
             try:
                 ray.get([a.close.remote() for a in actors], timeout=close_timeout_s)
-            except Exception:  # a dead or hung worker must not block the shutdown
+            except ray.exceptions.RayActorError:  # a worker already died (its failure was reported)
+                logger.info("worker group %r: some workers were already dead at shutdown", self.name)
+            except Exception:  # a hung worker must not block the shutdown
                 logger.warning("worker group %r: close() failed on some workers", self.name, exc_info=True)
         for a in actors:
             try:
@@ -202,6 +237,15 @@ class RayWorkerGroup:
 
     def __len__(self) -> int:
         return self.world_size
+
+
+def _severity(err: Exception) -> int:
+    rx = ray.exceptions
+    if isinstance(err, rx.OutOfMemoryError):
+        return 0
+    if isinstance(err, (rx.RayActorError, rx.WorkerCrashedError)):
+        return 1
+    return 2 if isinstance(err, rx.RayTaskError) else 3
 
 
 def reduce_metrics(per_rank: Sequence[dict[str, Any]]) -> dict[str, float]:

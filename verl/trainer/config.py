@@ -87,6 +87,11 @@ class ActorConfig:
     group_by_length: bool = True  # micro-batches of similar-length rows (less padding; same gradient)
     use_dynamic_bsz: bool = False  # micro-batches by a token budget instead of a row count (verl's key)
     ppo_max_token_len_per_gpu: int = 16384  # that budget: rows x longest row of a micro-batch
+    # log-probs and entropy from the hidden states, `logits_chunk_size` positions at a time (verl's key; verl chunks
+    # only the entropy): at most one chunk of vocabulary-wide logits alive. false: full logits of the micro-batch
+    entropy_from_logits_with_chunking: bool = True
+    entropy_checkpointing: bool = True  # recompute each chunk's logits in backward instead of keeping them (verl's key)
+    logits_chunk_size: int = 512  # positions per chunk of vocabulary-wide logits
     optim: OptimConfig = field(default_factory=OptimConfig)
     fsdp_config: FSDPConfig = field(default_factory=FSDPConfig)
 
@@ -198,7 +203,12 @@ class TrainerConfig:
     project_name: str = "zerosearch"
     experiment_name: str = "run"
     logger: list[str] = field(default_factory=lambda: ["console", "jsonl"])
+    # console of the command line (verl.utils.console): records at this level and above are shown (DEBUG | INFO |
+    # WARNING | ERROR); everything at INFO and above goes to <default_local_dir>/logs/train.log either way
+    log_level: str = "WARNING"
+    verbose: bool = False  # true: everything on the console, library output included, as without the run log
     save_freq: int = -1
+    save_interval_minutes: float = 0.0  # a save_freq step saves only this long after the previous save (0: always)
     test_freq: int = -1
     val_before_train: bool = False
     val_only: bool = False
@@ -211,6 +221,14 @@ class TrainerConfig:
     seed: int = 1
     balance_batch: bool = True
     ray_address: str | None = None
+    # memory plan at start-up (verl.utils.memory_fit), before Ray or any model: auto lowers the micro-batch token
+    # budgets and/or turns on gradient checkpointing to fit the machine | strict refuses a config that does not fit
+    # | off skips the plan
+    memory_plan: str = "auto"
+    memory_limit_gb: float | None = None  # what the plan may fill: RAM (CPU) or one GPU (CUDA); None: RAM x Ray's
+    # kill threshold (RAY_memory_usage_threshold, default 0.95), or the GPU's memory
+    colocated_server_gb: float = 0.0  # RAM of servers started on this machine for the run (the launcher's
+    # simulation server); the plan counts it
 
 
 @dataclass
@@ -376,6 +394,7 @@ def validate(cfg: PPOConfig) -> PPOConfig:
     _check(a.use_dynamic_bsz or per_rank % a.ppo_micro_batch_size_per_gpu == 0,
            f"a mini-batch holds {per_rank} samples per worker: actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="
            f"{a.ppo_micro_batch_size_per_gpu} must divide it (or set actor_rollout_ref.actor.use_dynamic_bsz=true)")
+    _check(a.logits_chunk_size >= 1, f"actor_rollout_ref.actor.logits_chunk_size must be >= 1, got {a.logits_chunk_size}")
     for key, budget in (("actor_rollout_ref.actor.ppo_max_token_len_per_gpu", a.ppo_max_token_len_per_gpu),
                         ("actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu", r.log_prob_max_token_len_per_gpu),
                         ("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",
@@ -388,12 +407,21 @@ def validate(cfg: PPOConfig) -> PPOConfig:
         _check(c.use_dynamic_bsz or mini % c.ppo_micro_batch_size_per_gpu == 0,
                f"critic.ppo_micro_batch_size_per_gpu={c.ppo_micro_batch_size_per_gpu} must divide the critic's "
                f"{mini} samples per worker per mini-batch")
+    _check(t.save_interval_minutes >= 0,
+           f"trainer.save_interval_minutes must be >= 0 (0: every save_freq step), got {t.save_interval_minutes}")
     _check(t.resume_mode in ("auto", "disable", "resume_path"),
            f"trainer.resume_mode must be auto, disable or resume_path, got {t.resume_mode!r}")
     if t.resume_mode == "resume_path":
         _check(bool(t.resume_from_path), "trainer.resume_mode=resume_path needs trainer.resume_from_path")
     for lg in t.logger:
         _check(lg in ("console", "jsonl", "wandb"), f"trainer.logger: unknown backend {lg!r} (console, jsonl, wandb)")
+    _check(t.memory_plan in ("auto", "strict", "off"), f"trainer.memory_plan must be auto, strict or off, got "
+           f"{t.memory_plan!r}")
+    _check(t.memory_limit_gb is None or t.memory_limit_gb > 0,
+           f"trainer.memory_limit_gb must be > 0 GB (or null: the machine's), got {t.memory_limit_gb}")
+    _check(t.colocated_server_gb >= 0, f"trainer.colocated_server_gb must be >= 0, got {t.colocated_server_gb}")
+    _check(t.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+           f"trainer.log_level must be DEBUG, INFO, WARNING or ERROR, got {t.log_level!r}")
     return cfg
 
 

@@ -3,6 +3,11 @@
 Composes `configs/<name>.yaml` with the overrides, validates it into a typed `PPOConfig` (errors name the
 key), starts Ray (CPU cores or GPUs), builds the worker groups and the plugged components, and runs
 `RayPPOTrainer.fit()`. `run(cfg)` is the same thing without Hydra, for scripts and tests.
+
+The command line keeps the console quiet (`verl.utils.console`: everything goes to
+`<trainer.default_local_dir>/logs/train.log`, the console shows progress, metrics and what matters;
+`trainer.log_level`, `trainer.verbose`) and turns a failure into one paragraph (`verl.utils.failure`) and an
+exit code: 1 failed, 2 config error, 130 interrupted. No Hydra traceback hint: errors never reach Hydra.
 """
 
 from __future__ import annotations
@@ -10,9 +15,11 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from pathlib import Path
 
 from verl.trainer.config import ConfigError, PPOConfig, load_config, to_dict
+from verl.utils import console
 
 logger = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "configs")
@@ -39,16 +46,16 @@ def init_ray(cfg: PPOConfig, device: str) -> None:
             env[k] = os.environ[k]
     kwargs = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": env})
     if cfg.trainer.ray_address:
-        ray.init(address=cfg.trainer.ray_address, **kwargs)
-        return
-    if device == "cpu":  # logical CPUs: the actor group, plus the critic group sharing the same cores
+        kwargs["address"] = cfg.trainer.ray_address
+    elif device == "cpu":  # logical CPUs: the actor group, plus the critic group sharing the same cores
         need = cfg.world_size * cfg.trainer.cpus_per_worker * (1.5 if cfg.use_critic else 1.0)
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
-    ray.init(**kwargs)
+    console.init_ray(**kwargs)  # ray.init; in a quiet run Ray's output is routed to the run log
 
 
-def build_trainer(cfg: PPOConfig, device: str):
-    """Worker groups + tokenizer + components -> RayPPOTrainer (Ray must be up)."""
+def build_trainer(cfg: PPOConfig, device: str, memory_plan=None):
+    """Worker groups + tokenizer + components -> RayPPOTrainer (Ray must be up); `memory_plan` is logged beside the
+    measured peaks each step."""
     from transformers import AutoTokenizer
 
     from verl.single_controller.ray_worker_group import RayWorkerGroup
@@ -85,15 +92,18 @@ def build_trainer(cfg: PPOConfig, device: str):
     tracker = Tracking(t.project_name, t.experiment_name, t.logger, to_dict(cfg), str(log_dir),
                        t.total_training_steps)
     return RayPPOTrainer(cfg, tokenizer, actor_wg, critic_wg, rollout_fn, reward_fn, tracker=tracker,
-                         dataset_check=check)
+                         dataset_check=check, memory_plan=memory_plan)
 
 
 def run(cfg: PPOConfig) -> dict:
     import ray
 
+    from verl.utils.memory_fit import apply_memory_plan
+
     device = resolve_device(cfg.trainer.device)
+    plan = apply_memory_plan(cfg, device)  # trainer.memory_plan: may adjust cfg or refuse it, before Ray and models
     init_ray(cfg, device)
-    trainer = build_trainer(cfg, device)
+    trainer = build_trainer(cfg, device, memory_plan=plan)
     try:
         return trainer.fit()
     finally:
@@ -107,6 +117,29 @@ def run(cfg: PPOConfig) -> dict:
                 wg.shutdown()
         if ray.is_initialized():
             ray.shutdown()
+
+
+def run_cli(cfg: PPOConfig) -> int:
+    """`run(cfg)` for the command line: the exit code (0 done, 1 failed, 2 config error, 130 interrupted); a failure
+    prints one paragraph on the console (worker, memory, checkpoint, what to change), the raw report goes to the log."""
+    from verl.utils import failure, progress
+
+    try:
+        summary = run(cfg)
+    except ConfigError as e:
+        progress.abort()
+        console.console_write(f"config error: {e}")
+        return 2
+    except KeyboardInterrupt:
+        progress.abort()
+        console.console_write(f"interrupted. {failure.resume_hint(cfg)}")
+        return 130
+    except Exception as e:
+        failure.report_failure(e, cfg)
+        return 1
+    logger.info("done: step %s, last checkpoint %s", summary["global_step"], summary["last_checkpoint"],
+                extra=console.SHOW)
+    return 0
 
 
 def compose_config(config_name: str = "ppo_trainer", overrides: list[str] | None = None) -> PPOConfig:
@@ -132,9 +165,11 @@ def main() -> None:
         try:
             cfg = load_config(OmegaConf.to_container(dcfg, resolve=True))
         except ConfigError as e:
-            raise SystemExit(f"config error: {e}") from None
-        summary = run(cfg)
-        logger.info("done: step %s, last checkpoint %s", summary["global_step"], summary["last_checkpoint"])
+            print(f"config error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        t = cfg.trainer
+        console.setup_run_logging(Path(t.default_local_dir) / "logs", t.log_level, t.verbose)
+        raise SystemExit(run_cli(cfg))  # SystemExit passes through Hydra, which would add its own traceback hint
 
     _main()
 

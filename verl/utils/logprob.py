@@ -8,8 +8,8 @@ real ones: padding is dropped) are kept, and the lm_head is applied `chunk_size`
 
 - `checkpoint=True` (verl's `entropy_checkpointing`): a custom autograd function keeps only the hidden states, the
   labels and one logsumexp per position; backward recomputes each chunk's logits and writes its gradient directly
-  (d logp / dz = onehot - p; d entropy / dz = -p (log p - E_p[log p])), so at most one chunk's logits are alive in forward
-  and in backward.
+  (d logp / dz = onehot - p; d entropy / dz = -p (log p - E_p[log p])), so at most one chunk's logits are alive in
+  forward and in backward.
 - `checkpoint=False`: ordinary autograd per chunk (every chunk's logits stay alive until backward; the forward-only
   passes still peak at one chunk).
 
@@ -81,20 +81,29 @@ class _ChunkedLogProbEntropy(torch.autograd.Function):
             h = hidden[s:s + chunk]
             lp = _chunk_logits(h, weight, t).sub_(lse[s:s + chunk, None])  # log-softmax [c, V]
             p = torch.exp(lp)
-            g = torch.zeros_like(p)
-            if g_logp is not None:  # d logp / dz = onehot(label) - p
-                gl = g_logp[s:s + chunk]
-                g.sub_(p * gl[:, None]).scatter_add_(-1, labels[s:s + chunk, None], gl[:, None])
-            if g_ent is not None:  # d entropy / dz = -p * (log p - E_p[log p])
-                mean_lp = torch.linalg.vecdot(p, lp)
-                g.sub_(lp.sub_(mean_lp[:, None]).mul_(p).mul_(g_ent[s:s + chunk, None]))
-            del lp, p
+            # dz = gl * (onehot - p) - ge * p * (lp - E_p[lp]) = p * (-gl - ge * (lp - E_p[lp])) + gl * onehot,
+            # built in the log-softmax buffer: two [c, V] buffers alive, not three
+            gl = g_logp[s:s + chunk, None] if g_logp is not None else None
+            if g_ent is not None:
+                lp.sub_(torch.linalg.vecdot(p, lp)[:, None]).mul_(-g_ent[s:s + chunk, None])
+                if gl is not None:
+                    lp.sub_(gl)
+            elif gl is not None:
+                lp.copy_(gl.neg().expand_as(lp))
+            else:
+                lp.zero_()
+            g = lp.mul_(p)
+            del p
+            if gl is not None:
+                g.scatter_add_(-1, labels[s:s + chunk, None], gl)
             if t != 1.0:
                 g.div_(t)
             g = g.to(hidden.dtype)
             if need_h:
                 grad_h[s:s + chunk] = g @ weight
-            if need_w:
+            if need_w and g.dtype == grad_w.dtype:
+                grad_w.addmm_(g.t(), h)  # no [V, H] temporary
+            elif need_w:
                 grad_w.add_(g.t() @ h)
         return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None
 

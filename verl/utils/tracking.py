@@ -1,5 +1,9 @@
 """Experiment tracking: console (one line per step + a progress bar), JSONL file, and W&B.
 
+The console backend writes to stderr: a step bar with the run's ETA and one metrics line per step (written through
+tqdm, so live bars are redrawn below it; on a non-terminal the bar is off and only the lines are written), and it
+turns on the per-phase bars of `verl.utils.progress` for its lifetime.
+
 W&B runs offline when no API key is configured, so a laptop or CI run still produces a run directory
 that `wandb sync` can upload later. Secrets never reach a logger: the config is redacted first
 (any key that looks like a key/token/secret/password is replaced).
@@ -15,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from verl.utils import progress
+from verl.utils.console import console_write
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +93,8 @@ class Tracking:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total_steps, initial=start_step, desc=experiment, unit="step", file=sys.stderr,
-                             dynamic_ncols=True, disable=None)
+                             dynamic_ncols=True, disable=None, position=0)
+            progress.enable(sys.stderr)
         self._wandb = None
         if "wandb" in backends:
             import wandb
@@ -109,12 +117,10 @@ class Tracking:
             parts = [f"{k.split('/', 1)[-1] if k.startswith('critic/') else k}={_fmt(clean[k])}"
                      for k in CONSOLE_KEYS if k in clean]
             line = f"step {step}: " + " ".join(parts)
+            console_write(line, sys.stderr)
             if self._bar is not None:
-                self._bar.write(line)
                 self._bar.n = step
                 self._bar.refresh()
-            else:
-                logger.info(line)
 
     def log_table(self, name: str, records: list[dict], step: int) -> None:
         """Sample trajectories: a JSONL file always, a W&B table when W&B is on."""
@@ -135,6 +141,7 @@ class Tracking:
 
     def finish(self) -> None:
         if self._bar is not None:
+            progress.disable()
             self._bar.close()
         if self._jsonl is not None:
             self._jsonl.close()

@@ -40,6 +40,7 @@ from verl.protocol import DataProto
 from verl.trainer.config import ActorConfig
 from verl.trainer.ppo import core_algos
 from verl.utils.logprob import score_tokens, supports_chunked_head
+from verl.utils.memory_usage import trim_heap
 from verl.workers.fsdp_utils import clip_grad_norm, trim_padding
 
 logger = logging.getLogger(__name__)
@@ -283,6 +284,7 @@ class DataParallelPPOActor:
             raise ValueError("the batch has no old_log_probs: run compute_log_prob first (the on-policy shortcut "
                              "needs actor.ppo_epochs=1 and ppo_mini_batch_size equal to data.train_batch_size)")
         self.module.train()
+        trim_heap()  # the generation and log-prob passes left freed heap behind: the update's peak starts lower
         sums: dict[str, float] = defaultdict(float)
         grad_norms: list[float] = []
         n_mini = 0

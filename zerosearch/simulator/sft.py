@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from verl.single_controller.dist import init_dist, resolve_device, set_torch_threads
 from verl.trainer.config import OptimConfig
+from verl.utils.logprob import score_tokens, supports_chunked_head
 from verl.utils.models import resolve_model_path
 from verl.utils.plain import iter_jsonl
 from verl.workers.actor import global_sum, token_budget_sizes
@@ -69,6 +70,7 @@ class SFTConfig:
     grad_clip: float = 1.0
     param_dtype: str = "auto"  # compute dtype: fp32 | bf16 | auto (bf16 on CUDA and on CPUs with native bf16)
     gradient_checkpointing: bool = False
+    logits_chunk_size: int = 512  # target positions per chunk of vocabulary-wide logits (0: full logits)
     device: str = "auto"
     threads: int = 0  # torch threads per rank (0: cores / ranks on this node)
     val_max_rows: int = 256  # validation rows scored at the start and the end
@@ -142,9 +144,19 @@ def n_targets(examples: list[tuple[list[int], list[int]]]) -> int:
     return sum(sum(1 for t in y[1:] if t != IGNORE) for _, y in examples)
 
 
-def token_loss_sum(model, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """Sum of next-token cross-entropy over the target tokens of a micro-batch."""
+def token_loss_sum(model, batch: dict[str, torch.Tensor], device: torch.device,
+                   chunk_size: int = 512) -> torch.Tensor:
+    """Sum of next-token cross-entropy over the target tokens of a micro-batch.
+
+    `chunk_size` > 0 (and a plain linear head): only the target positions reach the lm_head, `chunk_size` of them at
+    a time, recomputed in backward (verl.utils.logprob), so no [rows, length, V] logits exist; 0: full logits."""
     batch = {k: v.to(device) for k, v in batch.items()}
+    if chunk_size > 0 and supports_chunked_head(model):
+        ids, targets = batch["input_ids"], batch["labels"][:, 1:]
+        pos = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        logp, _ = score_tokens(model, ids, batch["attention_mask"], pos, ids[:, 1:], targets != IGNORE,
+                               chunk_size=chunk_size)
+        return -logp.sum()
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), batch["labels"][:, 1:].reshape(-1),
                            ignore_index=IGNORE, reduction="sum")
@@ -219,10 +231,10 @@ class SimulatorSFT:
         loss_sum = 0.0
         for part in micro_split(mine, self.cfg.max_tokens_per_micro, self.device):
             if part:
-                loss = token_loss_sum(self.model, collate(part, self.pad_id), self.device)
+                loss = token_loss_sum(self.model, collate(part, self.pad_id), self.device, self.cfg.logits_chunk_size)
             else:  # a rank without rows still runs a forward, so FSDP's collectives line up
                 dummy = collate([([self.pad_id, self.pad_id], [IGNORE, IGNORE])], self.pad_id)
-                loss = token_loss_sum(self.model, dummy, self.device) * 0.0
+                loss = token_loss_sum(self.model, dummy, self.device, self.cfg.logits_chunk_size) * 0.0
             (loss * scale).backward()
             loss_sum += float(loss.detach())
         grad_norm = clip_grad_norm(self.model, self.cfg.grad_clip)
@@ -244,7 +256,7 @@ class SimulatorSFT:
         loss_sum = 0.0
         for part in micro_split(mine, self.cfg.max_tokens_per_micro, self.device):
             batch = collate(part, self.pad_id) if part else collate([([self.pad_id] * 2, [IGNORE] * 2)], self.pad_id)
-            loss_sum += float(token_loss_sum(self.model, batch, self.device))
+            loss_sum += float(token_loss_sum(self.model, batch, self.device, self.cfg.logits_chunk_size))
         return global_sum(loss_sum, self.device) / max(total, 1.0)
 
     def fit(self) -> dict:

@@ -54,21 +54,27 @@ def test_bad_input_names_the_field(tmp_path, data_file):
 
 
 def test_step_is_the_same_for_any_micro_batch_budget(data_file, tmp_path):
-    """Token-mean loss over the whole step: one big micro-batch or many small ones give one update."""
+    """Token-mean loss over the whole step: one big micro-batch or many small ones give one update, and so do full
+    logits (chunk 0) and target-only logits in chunks of 7 or 512 positions."""
     results = []
-    for budget in (8192, 1024):
-        sft = SimulatorSFT(_cfg(data_file, tmp_path / f"o{budget}", max_tokens_per_micro=budget, max_length=1024))
+    for budget, chunk in ((8192, 0), (1024, 7), (8192, 512)):
+        sft = SimulatorSFT(_cfg(data_file, tmp_path / f"o{budget}-{chunk}", max_tokens_per_micro=budget,
+                                max_length=1024, logits_chunk_size=chunk))
         batch = sft.train[:12]
         m = sft.step(batch)
         weights = {k: v.detach().clone() for k, v in list(sft.model.state_dict().items())[:6]}
         results.append((m, weights))
-    (m1, w1), (m2, w2) = results
-    assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
-    assert m1["grad_norm"] == pytest.approx(m2["grad_norm"], rel=1e-4)
-    for k in w1:
-        a = w1[k].full_tensor() if hasattr(w1[k], "full_tensor") else w1[k]
-        b = w2[k].full_tensor() if hasattr(w2[k], "full_tensor") else w2[k]
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    (m1, w1), *others = results
+    for m2, w2 in others:
+        assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5)
+        assert m1["grad_norm"] == pytest.approx(m2["grad_norm"], rel=1e-4)
+        for k in w1:
+            a = w1[k].full_tensor() if hasattr(w1[k], "full_tensor") else w1[k]
+            b = w2[k].full_tensor() if hasattr(w2[k], "full_tensor") else w2[k]
+            # Adam's first step is ~lr * sign(grad): an element whose gradient is ~0 may flip on a last-bit change of
+            # the summation order; allow a handful of such flips (each at most 2 lr), nothing else
+            off = ~torch.isclose(a, b, rtol=1e-4, atol=1e-6)
+            assert int(off.sum()) <= 10 and float((a - b)[off].abs().max(initial=0.0)) <= 2e-4, k
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ gradient), which saves one forward pass over the batch per step.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -27,6 +28,7 @@ from verl.trainer.ppo import core_algos
 from verl.trainer.ppo.components import WorkerGroupEngine
 from verl.trainer.ppo.metrics import aggregate_by_source, compute_data_metrics, compute_throughput_metrics
 from verl.utils import checkpoint as ckpt
+from verl.utils import memory_usage, progress
 from verl.utils.dataset import BatchIterator, PromptDataset
 from verl.utils.plain import to_plain
 from verl.utils.timing import timer
@@ -39,8 +41,9 @@ FORWARD_KEYS = ["input_ids", "attention_mask", "position_ids", "responses", "res
 
 class RayPPOTrainer:
     def __init__(self, config: PPOConfig, tokenizer, actor_wg, critic_wg, rollout_fn, reward_fn, tracker=None,
-                 dataset_check=None):
+                 dataset_check=None, memory_plan=None):
         self.cfg = config
+        self.memory_plan = memory_plan  # verl.utils.memory_plan.MemoryPlan: logged beside the measured peaks
         self.tokenizer = tokenizer
         self.actor_wg = actor_wg
         self.critic_wg = critic_wg
@@ -61,6 +64,7 @@ class RayPPOTrainer:
         self.global_step = 0
         self.val_history: list[dict] = []
         self.last_checkpoint: str | None = None
+        self._last_save_time = time.monotonic()  # for trainer.save_interval_minutes
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict:
@@ -73,6 +77,7 @@ class RayPPOTrainer:
         while self.global_step < t.total_training_steps:
             self.global_step += 1
             step, m = self.global_step, {}
+            self._reset_memory_peaks()
             with timer("step", m):
                 batch = self._next_batch(m)
                 with timer("gen", m):
@@ -81,6 +86,7 @@ class RayPPOTrainer:
                     self._compute_reward(batch, m)
                 self._log_generations("train/generations", batch, t.log_train_generations)
                 self._balance(batch)
+                progress.begin("update")  # one console bar over log-probs, advantages, updates and weight sync
                 if not self.cfg.on_policy_update:  # else the actor uses its own detached log-probs
                     with timer("old_log_prob", m):
                         self._compute_old_log_prob(batch, m)
@@ -99,15 +105,17 @@ class RayPPOTrainer:
                     self._update_actor(batch, m)
                 with timer("sync_weights", m):
                     self._sync_weights(m)
+                progress.end("update")
             m.update(compute_data_metrics(batch, self.cfg.use_critic, self.cfg.data.max_response_length))
             m.update(compute_throughput_metrics(batch, m["timing_s/step"], self.cfg.world_size))
             last = step == t.total_training_steps
             if self.val_ds is not None and t.test_freq > 0 and (step % t.test_freq == 0 or last):
                 with timer("testing", m):
                     m.update(self.validate())
-            if t.save_freq > 0 and (step % t.save_freq == 0 or last):
+            if self._should_save(step, last):
                 with timer("save_checkpoint", m):
                     self.save_checkpoint()
+            m.update(self._memory_metrics())
             self._log(m, step)
         return self._summary()
 
@@ -141,7 +149,8 @@ class RayPPOTrainer:
         r = self.cfg.actor_rollout_ref.rollout
         n = r.val_kwargs.n if validate else r.n
         batch = batch.repeat(n, interleave=True)
-        out = self.rollout_fn(batch, self.engine, self._sampling_params(validate), self.global_step, validate)
+        with progress.phase("gen", len(batch)) if not validate else contextlib.nullcontext():  # rows finish as turns do
+            out = self.rollout_fn(batch, self.engine, self._sampling_params(validate), self.global_step, validate)
         m.update(out.meta_info.pop("metrics", {}) or {})
         for k, v in batch.non_tensor_batch.items():
             if k not in out.non_tensor_batch:
@@ -239,12 +248,14 @@ class RayPPOTrainer:
         bs = self.cfg.data.val_batch_size or len(ds)
         it = BatchIterator(len(ds), bs, shuffle=False, drop_last=False)
         per_sample, sources, records, gen_m = [], [], [], {}
+        progress.begin("val", len(ds) * self.cfg.actor_rollout_ref.rollout.val_kwargs.n)
         for idx in it.epoch_batches():
             out = self._generate(self._make_batch(ds, idx), gen_m, validate=True)
             per = self._compute_reward(out)
             per_sample.extend(per)
             sources.extend(out.non_tensor_batch["data_source"].tolist())
             records.extend(self._records(out, self.cfg.trainer.log_val_generations - len(records)))
+        progress.end("val")
         metrics = aggregate_by_source(per_sample, sources, prefix="val")
         metrics.update({f"val/{k}": v for k, v in gen_m.items() if k.startswith(("env/", "search/"))})
         self.val_history.append({"step": self.global_step, **metrics})
@@ -268,6 +279,10 @@ class RayPPOTrainer:
     def _ckpt_root(self) -> Path:
         return Path(self.cfg.trainer.default_local_dir)
 
+    def _should_save(self, step: int, last: bool) -> bool:
+        t = self.cfg.trainer
+        return ckpt.save_due(step, last, t.save_freq, t.save_interval_minutes, time.monotonic() - self._last_save_time)
+
     def save_checkpoint(self) -> str:
         d = ckpt.step_dir(self._ckpt_root(), self.global_step)
         self.actor_wg.execute_all("save_checkpoint", str(d / "actor"), self.global_step)
@@ -279,6 +294,7 @@ class RayPPOTrainer:
         ckpt.mark_complete(self._ckpt_root(), self.global_step, state)
         ckpt.prune(self._ckpt_root(), self.cfg.trainer.max_actor_ckpt_to_keep)
         self.last_checkpoint = str(d)
+        self._last_save_time = time.monotonic()
         logger.info("checkpoint saved: %s", d)
         return str(d)
 
@@ -300,6 +316,21 @@ class RayPPOTrainer:
             self.kl_ctrl.value = float(state.get("kl_coef", self.kl_ctrl.value))
         self.last_checkpoint = str(d)
         logger.info("resumed from %s at step %d", d, self.global_step)
+
+    # ------------------------------------------------------------------ memory, per step
+    def _reset_memory_peaks(self) -> None:
+        memory_usage.reset_peaks(children=False)  # the driver's children are Ray's daemons and workers
+        for wg in (self.actor_wg, self.critic_wg):
+            if wg is not None:
+                wg.execute_all("reset_memory_peak")
+
+    def _memory_metrics(self) -> dict[str, float]:
+        """perf/max_memory_rss_gb/<process> measured this step, perf/max_memory_planned_gb/<process> planned."""
+        critic = self.critic_wg.execute_all("memory_peak") if self.critic_wg is not None else None
+        planned = self.memory_plan.metrics() if self.memory_plan is not None else None
+        driver = memory_usage.read_peaks(children=False)
+        return memory_usage.step_metrics(driver, self.actor_wg.execute_all("memory_peak"), critic, planned,
+                                         single_node=self.cfg.trainer.nnodes == 1)
 
     # ------------------------------------------------------------------ logging
     def _log(self, m: dict, step: int) -> None:

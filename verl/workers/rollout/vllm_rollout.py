@@ -26,6 +26,11 @@ Two engines in two processes (two trainer ranks) would therefore both pin core 0
 the environment (e.g. `nobind`) always wins. Tensor-parallel ranks of one engine split its block ('|').
 
 `vllm.LLM(...)` spawns engine processes: scripts that build one need an `if __name__ == "__main__":` guard.
+
+Logging: in a quiet run (`verl.utils.console`) the worker's fds point at the run log, so vLLM's own output (its
+logger prints to stdout) and the engine processes' output land there. At `trainer.log_level` INFO or DEBUG vLLM's
+in-process logger is handed to the worker's handlers after the engine is built (vLLM installs its handler then),
+so its records reach the console too; `trainer.log_level=DEBUG` also sets `VLLM_LOGGING_LEVEL=DEBUG`.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from collections.abc import Iterator
 
 import torch
 
+from verl.utils import console
 from verl.workers.rollout.base import GenOutput, SamplingParams
 
 logger = logging.getLogger(__name__)
@@ -207,6 +213,8 @@ class VLLMRollout:
         try:
             with _environ(env):
                 self.llm = vllm.LLM(**kwargs)
+            if console.library_output_wanted():  # vLLM (re)installs its own handler when the engine is built
+                console.adopt_library_loggers(("vllm",))
         except BaseException:
             self._weights_dir.cleanup()
             raise
