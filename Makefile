@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# extra KEY VALUE pairs for the quickstart, e.g. make quickstart ARGS="PRECISION fp32"
+ARGS ?=
 
 .PHONY: install test lint quickstart clean-venv
 
@@ -29,7 +31,7 @@ lint: install
 	$(BIN)/ruff check verl zerosearch tests scripts benchmarks
 
 quickstart: install
-	$(BIN)/python -m zerosearch.quickstart
+	$(BIN)/python -m zerosearch.quickstart $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

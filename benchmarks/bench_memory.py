@@ -4,16 +4,19 @@ Each variant runs in a fresh process (so the peaks don't mix): the embedded Smol
 group, fp32 compute, AdamW, one `DataParallelPPOActor.update_policy` call on a synthetic batch of the quickstart's
 shape (every response token real, random advantages). The peak RSS of the update is read from VmHWM after handing
 freed heap back (malloc_trim) and resetting it (`/proc/self/clear_refs`) just before the update; `base` is the RSS
-just before it (weights, optimizer state, the
-runtime). The update is timed over `--repeats` calls (the first one included).
+just before it (weights, optimizer state, the runtime). The update is timed over `--repeats` calls (the first
+one included).
 
 Variants (side by side in one run):
 - `today`: the code path before the chunked head: full vocabulary-wide logits of the micro-batch, no gradient
   checkpointing, 8 rows per micro-batch (`ppo_micro_batch_size_per_gpu: 8`, the launcher's old default);
 - `chunked`: log-probs / entropy from hidden states in chunks of 512 positions, recomputed in backward;
 - `chunked_ckpt`: the same plus gradient checkpointing of the decoder layers;
-- `chunked_budget`: chunked, no checkpointing, token-budget micro-batches of 1,664 tokens (2 rows each);
-- `chunked_ckpt_budget`: chunked, checkpointing, micro-batches of 3,328 tokens (4 rows each).
+- `chunked_budget`: chunked, no checkpointing, token-budget micro-batches of 2,048 tokens (2 rows each: the
+  launcher's CPU default, `use_dynamic_bsz` with `ppo_max_token_len_per_gpu` 2048);
+- `chunked_ckpt_budget`: the same plus gradient checkpointing;
+- `chunked_ckpt_mmap1m`: `chunked_ckpt` with glibc's mmap threshold fixed at 1 MB (`MALLOC_MMAP_THRESHOLD_`): how much
+  of its peak is freed heap that glibc keeps resident.
 
     .venv/bin/python benchmarks/bench_memory.py --repeats 2
 """
@@ -37,10 +40,14 @@ VARIANTS = {
     "chunked": dict(entropy_from_logits_with_chunking=True, checkpointing=False),
     "chunked_ckpt": dict(entropy_from_logits_with_chunking=True, checkpointing=True),
     "chunked_budget": dict(entropy_from_logits_with_chunking=True, checkpointing=False, use_dynamic_bsz=True,
-                           ppo_max_token_len_per_gpu=1664),
+                           ppo_max_token_len_per_gpu=2048),
     "chunked_ckpt_budget": dict(entropy_from_logits_with_chunking=True, checkpointing=True, use_dynamic_bsz=True,
-                                ppo_max_token_len_per_gpu=3328),
+                                ppo_max_token_len_per_gpu=2048),
+    "chunked_ckpt_mmap1m": dict(entropy_from_logits_with_chunking=True, checkpointing=True),
 }
+# glibc keeps freed heap chunks below its (dynamic, up to 32 MB) mmap threshold resident; with a fixed 1 MB
+# threshold every larger tensor is mmapped and returned on free, so RSS follows live memory (at a page-fault cost)
+ENV = {"chunked_ckpt_mmap1m": {"MALLOC_MMAP_THRESHOLD_": "1048576"}}
 GIB = 1 << 30
 
 
@@ -117,7 +124,8 @@ def main() -> None:
     for name in args.variants.split(","):
         cmd = [sys.executable, __file__, "--child", name, "--rows", str(args.rows), "--prompt", str(args.prompt),
                "--response", str(args.response), "--repeats", str(args.repeats), "--threads", str(args.threads)]
-        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+        out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True,
+                             env={**os.environ, **ENV.get(name, {})})
         res = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps(res), flush=True)
         results.append(res)

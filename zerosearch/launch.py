@@ -245,9 +245,13 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
     ov.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={int(v['TRAIN_BATCH_SIZE'])}")
     # Token-budget micro-batches (the trainer's memory plan lowers the budgets further when the machine needs it).
     ov += ["actor_rollout_ref.actor.use_dynamic_bsz=true", "critic.use_dynamic_bsz=true"]
-    if cpu:  # about two rows of the embedded setup (512 + 320 tokens): ~3 GB of fp32 activations per micro-batch
+    if cpu:  # about two rows of the embedded setup (512 + 320 tokens) per micro-batch, decoder layers recomputed in
+        # backward: the fp32 update of 8 x 832 tokens peaks at 0.30x the RSS of one 8-row micro-batch without them, in
+        # ~the same time (benchmarks/bench_memory.py; checkpointing alone costs ~12% of the update)
         ov += [f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={CPU_TOKEN_BUDGET}",
-               f"critic.ppo_max_token_len_per_gpu={CPU_TOKEN_BUDGET}"]
+               f"critic.ppo_max_token_len_per_gpu={CPU_TOKEN_BUDGET}",
+               "actor_rollout_ref.model.enable_gradient_checkpointing=true",
+               "critic.model.enable_gradient_checkpointing=true"]
     return ALGOS[launch.algo] + ov + launch.passthrough
 
 

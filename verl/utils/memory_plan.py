@@ -10,7 +10,8 @@ Training process (one FSDP rank of N, P parameters, compute dtype of w bytes, fp
     base      = runtime + 16 P / N       fp32 params 4 + grads 4 + exp_avg 4 + exp_avg_sq 4, sharded
               + 4 P / N                  the reference, if any (fp32, like the actor)
               + w_r P                    the HF rollout engine's own copy (rollout.name=hf)
-    peak      = base + max(update, log-prob pass, reference pass, optimizer step 4 P / N, weight sync, HF generate)
+    peak      = base + max(update, log-prob pass, reference pass, optimizer step 4 P / N, weight sync, HF export of a
+                           checkpoint 8 P, HF generate)
     update    = w (P_root + 2 P_layer)   FSDP2 keeps the root unit and ~2 decoder layers gathered
               + tokens x act_token       activations of the largest micro-batch
               + head                     chunked: chunk x V x (12 + 2 in bf16) + the kept hidden states and their
@@ -20,10 +21,16 @@ Training process (one FSDP rank of N, P parameters, compute dtype of w bytes, fp
               + 4 P (N - 1) / N          unsharded fp32 gradients kept between micro-batches (FSDP2 no-sync)
     act_token = L a_layer                no checkpointing
               = L k_layer + a_layer      HF non-reentrant checkpointing: each layer's inputs, one layer recomputed
-    a_layer   = 20 h + 4 kv + 8 I        bf16 (eager HF Llama/Qwen2 block; hooks measured 24.8 kB vs 24.6 kB)
-              = 52 h + 8 kv + 16 I       fp32 (measured 55.6 kB per token per layer for the 135M model)
-    k_layer   = 6.5 h w / 2              measured 13 h bytes in fp32 (more than the 4 h of the input alone)
-    weight sync = 2 w_r P for vLLM (the gathered state dict + its safetensors buffer), w_r P for the HF engine
+    a_layer   = 28 h + 4 kv + 12 I       bf16 compute, fp32 master weights (FSDP2 mixed precision): 35 kB per token
+                                         per layer for the 135M model; the update measured ~33 kB (norms and
+                                         attention keep fp32 copies; saved-tensor hooks alone count 24.8 kB)
+              = 52 h + 8 kv + 16 I       fp32: 56 kB, as a plain HF forward + backward measured (55 kB); the update
+                                         measured 32 kB on a Xeon, and >= 42 kB on an AMD EPYC (the run Ray killed):
+                                         the plan keeps the larger number, since either host kind may run it
+    k_layer   = 5 h w                    kept per checkpointed layer (measured 20 h in fp32, 10 h in bf16: more than
+                                         the layer's input alone)
+    weight sync = 2 w_r P for vLLM (the gathered state dict + its safetensors buffer), w_r P for the HF engine (on
+                CUDA the gathered dict is on the GPU and the safetensors copies in host RAM)
 vLLM on CPU (rollout.name=vllm): an EngineCore process and a worker process holding the weights, the CPU GEMM
 repack of them and, during a sync, the mmap of the reloaded weight file (3 w_r P), plus the KV cache
 (rollout.kv_cache_space_gb); on CUDA the engine takes gpu_memory_utilization of the GPU. The simulation server
@@ -92,12 +99,12 @@ class ModelDims:
     def act_layer(self, w: int) -> float:
         """Bytes autograd keeps per token per decoder layer (w: compute dtype bytes)."""
         h, kv, i = self.hidden, self.kv, self.inter
-        return float(20 * h + 4 * kv + 8 * i) if w <= 2 else float(52 * h + 8 * kv + 16 * i)
+        return float(28 * h + 4 * kv + 12 * i) if w <= 2 else float(52 * h + 8 * kv + 16 * i)
 
     def act_token(self, w: int, ckpt: bool) -> float:
         """Activation bytes per token of the whole decoder, with or without gradient checkpointing."""
         if ckpt:
-            return self.layers * 6.5 * self.hidden * w / 2 + self.act_layer(w)
+            return self.layers * 5.0 * self.hidden * w + self.act_layer(w)
         return self.layers * self.act_layer(w)
 
     def kv_per_token(self, w: int) -> int:
