@@ -25,6 +25,7 @@ logger = logging.getLogger("zerosearch.launch")
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_DATA = "data/embedded"
 SIM_MODES = ("simulate_prompt", "simulate_sft")
+SERVER_KV_GIB = 0.5  # KV cache of a simulation server the launcher starts on CPU (VLLM_CPU_KVCACHE_SPACE overrides)
 CPU_TOKEN_BUDGET = 2048  # tokens per micro-batch per worker on CPU (ppo_max_token_len_per_gpu)
 
 # key -> (default, help). Defaults are the embedded CPU setup; GPU users pass the original values.
@@ -337,7 +338,7 @@ def _server_gb(server, model: str, cpu: bool) -> float:
     except psutil.Error:
         measured = 0
     dims = model_dims(model)
-    kv_gb = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")) if cpu else 0.0
+    kv_gb = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE", SERVER_KV_GIB)) if cpu else 0.0
     planned = vllm_server_bytes(dims, w=4 if cpu else 2, kv_gb=kv_gb) if dims is not None else 0.0
     return max(measured, planned) / GB
 
@@ -356,8 +357,9 @@ def _ensure_simulator(v: dict[str, str], log_path: Path):
         raise SystemExit(f"no simulation server answers at {v['IP']}:{port}; start one with "
                          "scripts/launch_simulation_server.sh or set SIMULATION_LLM to a local model")
     logger.info("no simulator at 127.0.0.1:%d: serving %s for this run", port, v["SIMULATION_LLM"])
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    return start_simulation_server(v["SIMULATION_LLM"], port=port, served_name=v["SIMULATION_LLM"], log_path=log_path)
+    # 0.5 GiB of KV holds ~11k fp32 tokens of the embedded model: 16 concurrent searches of ~500 tokens fit
+    return start_simulation_server(v["SIMULATION_LLM"], port=port, served_name=v["SIMULATION_LLM"], log_path=log_path,
+                                   kvcache_space_gib=SERVER_KV_GIB)
 
 
 if __name__ == "__main__":

@@ -173,3 +173,42 @@ def test_run_dir_follows_the_overrides(tmp_path):
     ov = build_overrides(parse_args("grpo", ["CHECKPOINT_DIR", str(tmp_path)]), gpu=False)
     assert run_dir(ov) == tmp_path
     assert run_dir([*ov, f"+trainer.default_local_dir={tmp_path / 'y'}"]) == tmp_path / "y"
+
+
+def test_micro_batches_are_token_budgets_by_default():
+    from verl.trainer.main_ppo import compose_config
+    from zerosearch.launch import CPU_TOKEN_BUDGET
+
+    cpu = build_overrides(parse_args("grpo", []), gpu=False)
+    ov = _ov(cpu)
+    assert ov["actor_rollout_ref.actor.use_dynamic_bsz"] == "true" and ov["critic.use_dynamic_bsz"] == "true"
+    assert ov["actor_rollout_ref.actor.ppo_max_token_len_per_gpu"] == str(CPU_TOKEN_BUDGET)
+    cfg = compose_config("zerosearch", cpu)  # the log-prob passes follow the actor's budget
+    assert cfg.actor_rollout_ref.rollout.log_prob_use_dynamic_bsz
+    assert cfg.actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu == CPU_TOKEN_BUDGET
+    gpu = _ov(build_overrides(parse_args("grpo", ORIGINAL), gpu=True))
+    assert gpu["actor_rollout_ref.actor.use_dynamic_bsz"] == "true"
+    assert "actor_rollout_ref.actor.ppo_max_token_len_per_gpu" not in gpu  # the trainer's default (plan-checked)
+    mine = build_overrides(parse_args("grpo", ["actor_rollout_ref.actor.use_dynamic_bsz=false"]), gpu=False)
+    assert mine[-1] == "actor_rollout_ref.actor.use_dynamic_bsz=false"  # pass-through comes last and wins
+
+
+def test_a_started_simulation_server_is_counted_by_the_memory_plan(monkeypatch):
+    from types import SimpleNamespace
+
+    from verl.utils.memory_plan import GB, SMOLLM2_135M, vllm_server_bytes
+    from zerosearch.launch import _server_gb
+
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # what the launcher gives the server it starts on CPU
+    child = subprocess.Popen([sys.executable, "-c", "x = bytearray(300_000_000); import time; time.sleep(30)"])
+    try:
+        import time
+
+        time.sleep(1.0)
+        server = SimpleNamespace(process=child)
+        planned = vllm_server_bytes(SMOLLM2_135M, w=4, kv_gb=1.0) / GB
+        assert _server_gb(server, "embedded", cpu=True) == pytest.approx(planned)  # the estimate when larger
+        assert _server_gb(server, "/no/such/model", cpu=True) > 0.3  # no config.json: what it holds now
+    finally:
+        child.kill()
+        child.wait()

@@ -394,7 +394,8 @@ def validate(cfg: PPOConfig) -> PPOConfig:
     _check(a.use_dynamic_bsz or per_rank % a.ppo_micro_batch_size_per_gpu == 0,
            f"a mini-batch holds {per_rank} samples per worker: actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu="
            f"{a.ppo_micro_batch_size_per_gpu} must divide it (or set actor_rollout_ref.actor.use_dynamic_bsz=true)")
-    _check(a.logits_chunk_size >= 1, f"actor_rollout_ref.actor.logits_chunk_size must be >= 1, got {a.logits_chunk_size}")
+    _check(a.logits_chunk_size >= 1,
+           f"actor_rollout_ref.actor.logits_chunk_size must be >= 1, got {a.logits_chunk_size}")
     for key, budget in (("actor_rollout_ref.actor.ppo_max_token_len_per_gpu", a.ppo_max_token_len_per_gpu),
                         ("actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu", r.log_prob_max_token_len_per_gpu),
                         ("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu",

@@ -126,7 +126,7 @@ def start_simulation_server(
     tp: int = 1,
     dp: int = 1,
     dtype: str | None = None,
-    kvcache_space_gib: int = 2,
+    kvcache_space_gib: float = 2,
     startup_timeout_s: float = 600.0,
     extra_args: list[str] | None = None,
     log_path: str | Path | None = None,
@@ -145,7 +145,8 @@ def start_simulation_server(
     env = dict(os.environ)
     if cpu:
         dtype = dtype or "float32"
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kvcache_space_gib))
+        if "VLLM_CPU_KVCACHE_SPACE" not in env:  # vLLM reads whole GiB there; a fraction goes as bytes
+            extra_args = [*(extra_args or []), "--kv-cache-memory-bytes", str(int(kvcache_space_gib * (1 << 30)))]
     cmd = server_command(model_dir, host, port, served_name, engine=engine, tp=tp, dp=dp, dtype=dtype,
                          extra_args=extra_args)
     if log_path is None:
