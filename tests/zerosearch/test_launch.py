@@ -197,16 +197,16 @@ def test_a_started_simulation_server_is_counted_by_the_memory_plan(monkeypatch):
     from types import SimpleNamespace
 
     from verl.utils.memory_plan import GB, SMOLLM2_135M, vllm_server_bytes
-    from zerosearch.launch import _server_gb
+    from zerosearch.launch import SERVER_KV_GIB, _server_gb
 
-    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")  # what the launcher gives the server it starts on CPU
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # the server gets SERVER_KV_GIB
     child = subprocess.Popen([sys.executable, "-c", "x = bytearray(300_000_000); import time; time.sleep(30)"])
     try:
         import time
 
         time.sleep(1.0)
         server = SimpleNamespace(process=child)
-        planned = vllm_server_bytes(SMOLLM2_135M, w=4, kv_gb=1.0) / GB
+        planned = vllm_server_bytes(SMOLLM2_135M, w=4, kv_gb=SERVER_KV_GIB) / GB
         assert _server_gb(server, "embedded", cpu=True) == pytest.approx(planned)  # the estimate when larger
         assert _server_gb(server, "/no/such/model", cpu=True) > 0.3  # no config.json: what it holds now
     finally:

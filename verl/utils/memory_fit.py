@@ -3,8 +3,10 @@
 `apply_memory_plan(cfg, device)` runs in `main_ppo.run()` before Ray or any model starts. It plans every process
 of one machine (`plan_config`, formulas in `verl.utils.memory_plan`) and compares the sum with what the machine
 allows: `trainer.memory_limit_gb` if set, else the RAM (the cgroup limit if lower) times Ray's kill threshold
-(env RAY_memory_usage_threshold, default 0.95; 1.0 when RAY_memory_monitor_refresh_ms=0 disables the monitor);
-on CUDA also each GPU's memory. `trainer.memory_plan` decides what happens when it does not fit:
+(env RAY_memory_usage_threshold, default 0.95; 1.0 when RAY_memory_monitor_refresh_ms=0 disables the monitor), of
+which the RAM that other processes use now is taken off (Ray's monitor counts the whole machine; the launcher's
+simulation server is counted once, as `trainer.colocated_server_gb`); on CUDA also each GPU's memory.
+`trainer.memory_plan` decides what happens when it does not fit:
 - `auto` (default): token-budget micro-batches (use_dynamic_bsz on, ppo_max_token_len_per_gpu and the log-prob
   budgets lowered, never below one longest row) and/or gradient checkpointing that fit are written into the config
   and named in one INFO line; when nothing fits, a ConfigError names the keys to lower and by how much;
@@ -97,7 +99,7 @@ def plan_config(cfg: PPOConfig, device: str, d: ModelDims, budget: Budget = Budg
     to_host = {"sync": ("to vLLM 2w_rP", 2.0 * wr * P if r.name == "vllm" else 0.0),
                "save": ("hf export 8P", 8.0 * P if t.save_freq > 0 else 0.0)}
     phases = {"update": update_bytes(d, upd, w=w, ckpt=arr.model.enable_gradient_checkpointing, head=head,
-                                     shards=n, accum=mini * seq > upd.tokens),
+                                     accum=mini * seq > upd.tokens),
               "optimizer": {"step 4P/N": 4.0 * P / n}}
     if gpu:
         base["cuda context"] = RUNTIME["cuda_context"]
@@ -118,8 +120,8 @@ def plan_config(cfg: PPOConfig, device: str, d: ModelDims, budget: Budget = Budg
         phases["ref"] = forward_bytes(d, rp, w=w, head=head)
     if r.name == "hf":
         base["hf engine weights"] = wr * P
-        phases["generate"] = {"kv + prefill": hf_generate_bytes(d, w=wr, rows=min(r.max_num_seqs, rows * 2),
-                                                                seq=seq, prompt=data.max_prompt_length)}
+        phases["generate"] = {"kv + prefill": hf_generate_bytes(d, w=wr, rows=r.max_num_seqs, seq=seq,  # validation
+                                                                prompt=data.max_prompt_length)}  # fills a batch
     procs = [ProcessPlan("driver", 1, RUNTIME["driver"]), ProcessPlan("ray", 1, RUNTIME["ray"]),
              peak_of("actor", per_node, base, phases, on_gpu=gpu, host_extra=host)]
     if r.name == "vllm":
@@ -146,7 +148,7 @@ def _critic_plan(cfg: PPOConfig, device: str, d: ModelDims, seq: int, resp: int,
                     budget=c.ppo_max_token_len_per_gpu if c.use_dynamic_bsz else 0, cap_rows=mini)
     base = {"states 16P/N": 16.0 * P / n, ("cuda context" if gpu else "runtime"): RUNTIME["cuda_context" if gpu
                                                                                           else "worker"]}
-    phases = {"update": update_bytes(d, mb, w=w, ckpt=c.model.enable_gradient_checkpointing, head=None, shards=n,
+    phases = {"update": update_bytes(d, mb, w=w, ckpt=c.model.enable_gradient_checkpointing, head=None,
                                      accum=mini * seq > mb.tokens),
               "values": forward_bytes(d, mb, w=w, head=None), "optimizer": {"step 4P/N": 4.0 * P / n}}
     return peak_of("critic", per_node, base, phases, on_gpu=gpu, host_extra=RUNTIME["worker"] if gpu else 0.0)
@@ -351,6 +353,8 @@ def remedies(p: Planner, minimal: bool) -> list[str]:
     if _bytes(cfg.actor_rollout_ref.actor.fsdp_config.param_dtype, p.device) == 4 and \
             fits({k: "bf16" for k in dtype_keys}):
         out.append("set " + " and ".join(f"{k}=bf16" for k in dtype_keys))
+    if r.name == "vllm" and p.device != "cuda" and fits({R + "name": "hf"}):
+        out.append(f"set {R}name=hf (the rollout engine in the worker process instead of vLLM's own processes)")
     if cfg.use_ref and fits({A + "use_kl_loss": False, "algorithm.use_kl_in_reward": False}):
         out.append(f"drop the reference model ({A}use_kl_loss=false, algorithm.use_kl_in_reward=false)")
     if p.device == "cuda":
@@ -399,15 +403,16 @@ def apply_memory_plan(cfg: PPOConfig, device: str) -> MemoryPlan | None:
         logger.info("memory plan: %s", plan.describe())
         return plan
     changes = choose(p)
-    if mode == "strict" or changes is None:
-        extra = remedies(p, minimal=changes is None)
-        what = [f"trainer.memory_plan=auto would set {_format(changes)}"] if changes else []
-        why = "" if changes else (" even with gradient checkpointing and one longest row "
-                                  f"({cfg.data.max_prompt_length + cfg.data.max_response_length} tokens) per "
-                                  "micro-batch")
-        fixes = "; or ".join(what + extra) or "use a machine with more memory"
-        raise ConfigError(f"memory plan: the job does not fit{why}: {plan.describe()}. To fit: {fixes} "
+    if changes is None:
+        seq = cfg.data.max_prompt_length + cfg.data.max_response_length
+        fixes = "; or ".join(remedies(p, minimal=True)) or "use a machine with more memory"
+        raise ConfigError(f"memory plan: the job does not fit, even with gradient checkpointing and one longest row "
+                          f"({seq} tokens) per micro-batch: {p.plan(_minimal(cfg)).describe()}. To fit: {fixes} "
                           "(trainer.memory_plan=off skips this check)")
+    if mode == "strict":
+        fixes = "; or ".join([f"trainer.memory_plan=auto would set {_format(changes)}", *remedies(p, minimal=False)])
+        raise ConfigError(f"memory plan (trainer.memory_plan=strict): the job does not fit: {plan.describe()}. To "
+                          f"fit: {fixes} (trainer.memory_plan=off skips this check)")
     _apply(cfg, changes)
     fitted = plan_config(cfg, device, dims, p.budget)
     logger.info("memory plan: %.2f GB planned > %.2f GB allowed (%s); set %s -> %s", (plan.total + plan.others) / GB,

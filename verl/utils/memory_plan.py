@@ -18,7 +18,9 @@ Training process (one FSDP rank of N, P parameters, compute dtype of w bytes, fp
                                          gradient + the fp32 gradient of the output embedding; full logits:
                                          response positions x V x 14 (bf16 logits 2, fp32 copy 4, softmax/grad 8)
               + 3 x V h 4                backward temporaries of the embedding / lm_head gradients (calibrated)
-              + 4 P (N - 1) / N          unsharded fp32 gradients kept between micro-batches (FSDP2 no-sync)
+              + 4 P                      with > 1 micro-batch per mini-batch: FSDP2 keeps unsharded fp32 gradients
+                                         between micro-batches (no reduce-scatter before the last one), even on one
+                                         rank (bench_scaling: +0.86 GB from one micro-batch to two, 4 P = 0.54 GB)
     act_token = L a_layer                no checkpointing
               = L k_layer + a_layer      HF non-reentrant checkpointing: each layer's inputs, one layer recomputed
     a_layer   = 28 h + 4 kv + 12 I       bf16 compute, fp32 master weights (FSDP2 mixed precision): 35 kB per token
@@ -49,14 +51,15 @@ from pathlib import Path
 
 GB, GIB = 1e9, float(1 << 30)
 
-# Empirical inputs (RSS bytes), measured with `benchmarks/memory_plan.py --calibrate`.
+# Empirical inputs (RSS bytes, rounded up): the import probes of `benchmarks/memory_plan.py --calibrate` and the
+# per-step perf/max_memory_rss_gb/<process> of CPU runs (the quickstart, tests/verl/trainer/test_e2e.py).
 RUNTIME = {
-    "driver": 0.85 * GB,  # the Ray driver: torch, transformers, tokenizer, datasets, rollout/reward functions
+    "driver": 1.00 * GB,  # the Ray driver: torch, transformers, tokenizer, datasets, rollout/reward functions
     "ray": 0.80 * GB,  # Ray's daemons (gcs_server, raylet, log monitor, idle workers)
-    "worker": 0.60 * GB,  # a Ray actor with torch, transformers, FSDP and our workers imported
+    "worker": 0.70 * GB,  # a Ray actor with torch, transformers, FSDP and our workers imported
     "vllm_client": 0.25 * GB,  # what a vllm.LLM adds to the process that owns it (vLLM, tokenizer, client)
     "vllm_engine_core": 0.70 * GB,  # vLLM's EngineCore process
-    "vllm_worker": 0.75 * GB,  # vLLM's model-runner process before weights and KV cache
+    "vllm_worker": 0.95 * GB,  # vLLM's model-runner process before weights and KV cache
     "vllm_api_server": 0.80 * GB,  # the OpenAI API server process of a simulation server
     "cuda_context": 0.60 * GB,  # GPU memory of a CUDA context (not in torch.cuda.memory_allocated)
 }
@@ -194,15 +197,15 @@ def gathered_bytes(d: ModelDims, w: int) -> float:
     return float(w * (d.root_params() + 2 * d.layer_params()))
 
 
-def update_bytes(d: ModelDims, mb: Pass, *, w: int, ckpt: bool, head: Head | None, shards: int = 1,
+def update_bytes(d: ModelDims, mb: Pass, *, w: int, ckpt: bool, head: Head | None,
                  accum: bool = False) -> dict[str, float]:
     """Transient bytes of one forward + backward (head None: a value model, no vocabulary head)."""
     out = {"gathered": gathered_bytes(d, w), "activations": mb.tokens * d.act_token(w, ckpt),
            "backward": BACKWARD_VH * d.vocab * d.hidden * 4}
     if head is not None:
         out["head"] = head_bytes(d, mb.resp, w, head, grad=True)
-    if accum and shards > 1:
-        out["no-sync grads"] = 4.0 * d.params() * (shards - 1) / shards
+    if accum:
+        out["no-sync grads"] = 4.0 * d.params()
     return out
 
 

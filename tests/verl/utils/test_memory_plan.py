@@ -68,7 +68,7 @@ def test_actor_process_by_hand():
     # gradient of the (tied) output embedding
     assert parts["update/head"] == 512 * 49152 * 12 + 4 * RESP * 576 * 4 * 2 + 49152 * 576 * 4
     assert parts["update/backward"] == 3 * 49152 * 576 * 4
-    assert "update/no-sync grads" not in parts  # one rank: the unsharded gradients are the sharded ones
+    assert parts["update/no-sync grads"] == 4 * P135  # 2 micro-batches per mini-batch: unsharded fp32 gradients
 
 
 def test_micro_batch_budget_reference_and_ranks():
@@ -238,3 +238,28 @@ def test_peaks_follow_a_child_process_and_step_metrics():
     assert m["perf/max_memory_rss_gb/actor"] == 5.0 and m["perf/max_memory_rss_gb/rollout"] == 3.0
     assert m["perf/max_memory_rss_gb/total"] == 0.5 + 4 + 3 + 5 + 2.5
     assert m["perf/max_memory_planned_gb/actor"] == 6.0 and "perf/max_memory_rss_gb/critic" not in m
+
+
+def test_cuda_plan_is_per_gpu_and_offload_moves_states_to_the_host():
+    d = ModelDims("q", 2048, 11008, 36, 16, 2, 151936, True, True)
+    P = d.params()
+    cfg = _cfg(trainer__device="cuda", trainer__n_gpus_per_node=4, data__train_batch_size=8,
+               actor_rollout_ref__actor__ppo_mini_batch_size=8, actor_rollout_ref__rollout__gpu_memory_utilization=0.4,
+               actor_rollout_ref__actor__fsdp_config__param_dtype="auto")  # bf16 on CUDA
+    plan = plan_config(cfg, "cuda", d, Budget(gpu=80 * GB))
+    actor, rollout = plan.get("actor"), plan.get("rollout")
+    assert rollout.gpu == 0.4 * 80 * GB + RUNTIME["cuda_context"]  # vLLM takes its fraction of the GPU
+    assert actor.parts["adam 8P/N"] == 8 * P / 4 and actor.parts["update/gathered"] == 2 * (d.root_params() + 2 *
+                                                                                          d.layer_params())
+    assert plan.gpu_total == actor.gpu + rollout.gpu and plan.fits == (plan.gpu_total <= 80 * GB)
+    off = plan_config(_set_all(cfg, **{"actor_rollout_ref.actor.fsdp_config.optimizer_offload": True}), "cuda", d,
+                      Budget(gpu=80 * GB))
+    assert off.get("actor").gpu == pytest.approx(actor.gpu - 8 * P / 4)
+    assert off.get("actor").host == pytest.approx(actor.host + 8 * P / 4)
+    assert "perf/max_memory_planned_gb/gpu" in plan.metrics()
+
+
+def _set_all(cfg, **changes):
+    from verl.utils.memory_fit import _set
+
+    return _set(cfg, changes)
