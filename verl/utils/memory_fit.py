@@ -403,6 +403,16 @@ def apply_memory_plan(cfg: PPOConfig, device: str) -> MemoryPlan | None:
         logger.info("memory plan: %s", plan.describe())
         return plan
     changes = choose(p)
+    if changes is None and cfg.trainer.memory_limit_gb is None and device != "cuda":
+        least = p.plan(_minimal(cfg))
+        if least.total + least.others <= machine_ram():
+            # Between Ray's kill threshold and the RAM itself: the plan sums each process's RSS, which counts the
+            # shared library pages of every Python process again, so the machine's real use is lower; run at the
+            # plan's minimum rather than refuse a job that may well fit (the per-step peaks then show the truth).
+            logger.warning("memory plan: %s exceeds Ray's kill threshold even with gradient checkpointing and one "
+                           "longest row per micro-batch, but not the RAM: running that way (watch "
+                           "perf/max_memory_rss_gb/total)", least.describe(), extra=SHOW)
+            changes = _minimal(cfg)
     if changes is None:
         seq = cfg.data.max_prompt_length + cfg.data.max_response_length
         fixes = "; or ".join(remedies(p, minimal=True)) or "use a machine with more memory"

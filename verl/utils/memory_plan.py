@@ -58,9 +58,9 @@ RUNTIME = {
     "ray": 0.80 * GB,  # Ray's daemons (gcs_server, raylet, log monitor, idle workers)
     "worker": 0.70 * GB,  # a Ray actor with torch, transformers, FSDP and our workers imported
     "vllm_client": 0.25 * GB,  # what a vllm.LLM adds to the process that owns it (vLLM, tokenizer, client)
-    "vllm_engine_core": 0.70 * GB,  # vLLM's EngineCore process
+    "vllm_engine_core": 0.85 * GB,  # vLLM's EngineCore process
     "vllm_worker": 0.95 * GB,  # vLLM's model-runner process before weights and KV cache
-    "vllm_api_server": 0.80 * GB,  # the OpenAI API server process of a simulation server
+    "vllm_api_server": 0.95 * GB,  # the OpenAI API server process of a simulation server
     "cuda_context": 0.60 * GB,  # GPU memory of a CUDA context (not in torch.cuda.memory_allocated)
 }
 BACKWARD_VH = 3.0  # backward temporaries in units of V x h x 4 bytes (calibrated)
