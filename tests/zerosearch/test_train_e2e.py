@@ -42,6 +42,7 @@ def test_grpo_two_steps_with_real_simulator(world, vllm_server, recording_proxy,
         "actor_rollout_ref.actor.use_kl_loss=true",
         "trainer.n_gpus_per_node=2", "trainer.device=cpu", "trainer.total_training_steps=2",
         "trainer.test_freq=2", "trainer.save_freq=-1", "trainer.resume_mode=disable", "trainer.logger=[jsonl]",
+        "trainer.memory_plan=off",  # fits (measured); the plan counts the shared vLLM server fixture as used
         f"trainer.default_local_dir={tmp_path}", "trainer.log_train_generations=100",
         f"search.ips=[{host.split('//')[1]}]", f"search.port={port}", "search.max_turns=1", "search.topk=2",
         f"search.corpus_path={world}/corpus.jsonl", "search.timeout_s=300", "search.max_tokens=128",
