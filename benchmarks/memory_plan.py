@@ -84,7 +84,8 @@ def gpu_plan(d: ModelDims, *, gpus: int = 4, hbm: float = 80 * GB, per_gpu_traj:
              resp: int = 1536, budgets: tuple[int, ...] = (2048, 4096, 8192)) -> str:
     """GRPO with a reference model, gradient checkpointing, chunked head, colocated vLLM, per GPU."""
     from verl.trainer.config import load_config
-    from verl.utils.memory_fit import Budget, plan_config
+    from verl.utils.memory_fit import plan_config
+    from verl.utils.memory_plan import Budget
 
     seq, P = prompt + resp, d.params()
     kv_need = per_gpu_traj * seq * d.kv_per_token(2)

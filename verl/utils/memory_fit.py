@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
 
 from verl.trainer.config import ConfigError, PPOConfig
 from verl.utils.console import SHOW
 from verl.utils.memory_plan import (
     GB,
     RUNTIME,
+    Budget,
     Head,
     MemoryPlan,
     ModelDims,
@@ -41,6 +39,7 @@ from verl.utils.memory_plan import (
     update_bytes,
     vllm_engine_bytes,
 )
+from verl.utils.memory_usage import machine_budget, machine_ram
 
 logger = logging.getLogger(__name__)
 MODES = ("auto", "strict", "off")
@@ -57,18 +56,6 @@ def _bytes(dtype: str, device: str) -> int:
     if dtype == "auto":
         return 2 if device == "cuda" else 4
     return 4 if dtype in ("fp32", "float32") else 2
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What the job may use on one machine: `host` bytes of RAM (`others` of them already used by processes
-    outside the plan) and, on CUDA, `gpu` bytes per GPU."""
-
-    host: float = float("inf")
-    source: str = "no limit"
-    gpu: float = 0.0
-    gpu_source: str = ""
-    others: float = 0.0
 
 
 def plan_config(cfg: PPOConfig, device: str, d: ModelDims, budget: Budget = Budget()) -> MemoryPlan:
@@ -122,19 +109,22 @@ def plan_config(cfg: PPOConfig, device: str, d: ModelDims, budget: Budget = Budg
         base["hf engine weights"] = wr * P
         phases["generate"] = {"kv + prefill": hf_generate_bytes(d, w=wr, rows=r.max_num_seqs, seq=seq,  # validation
                                                                 prompt=data.max_prompt_length)}  # fills a batch
-    procs = [ProcessPlan("driver", 1, RUNTIME["driver"]), ProcessPlan("ray", 1, RUNTIME["ray"]),
+    procs = [ProcessPlan("driver", 1, RUNTIME["driver"]), ProcessPlan("ray", 1, RUNTIME["ray"], file=0.0),
              peak_of("actor", per_node, base, phases, on_gpu=gpu, host_extra=host)]
     if r.name == "vllm":
         if gpu:
             procs.append(ProcessPlan("rollout", per_node, RUNTIME["vllm_engine_core"] + RUNTIME["vllm_worker"],
-                                     r.gpu_memory_utilization * budget.gpu + RUNTIME["cuda_context"]))
+                                     r.gpu_memory_utilization * budget.gpu + RUNTIME["cuda_context"],
+                                     file=2 * RUNTIME["file_backed"]))
         else:
             eng = vllm_engine_bytes(d, w=wr, kv_gb=r.kv_cache_space_gb, max_num_seqs=r.max_num_seqs)
-            procs.append(ProcessPlan("rollout", per_node, sum(eng.values()), 0.0, eng))
+            # two processes; the reloaded weight file is mapped during a sync (w_r P of page cache)
+            procs.append(ProcessPlan("rollout", per_node, sum(eng.values()), 0.0, eng,
+                                     file=2 * RUNTIME["file_backed"] + wr * P))
     if cfg.use_critic:
         procs.append(_critic_plan(cfg, device, d, seq, resp, per_node))
     if t.colocated_server_gb > 0:
-        procs.append(ProcessPlan("server", 1, t.colocated_server_gb * GB))
+        procs.append(ProcessPlan("server", 1, t.colocated_server_gb * GB, file=3 * RUNTIME["file_backed"]))
     return MemoryPlan(procs, budget.host, budget.source, budget.gpu if gpu else 0.0, budget.gpu_source,
                       budget.others)
 
@@ -152,60 +142,6 @@ def _critic_plan(cfg: PPOConfig, device: str, d: ModelDims, seq: int, resp: int,
                                      accum=mini * seq > mb.tokens),
               "values": forward_bytes(d, mb, w=w, head=None), "optimizer": {"step 4P/N": 4.0 * P / n}}
     return peak_of("critic", per_node, base, phases, on_gpu=gpu, host_extra=RUNTIME["worker"] if gpu else 0.0)
-
-
-# --------------------------------------------------------------------------------------------- the machine
-def machine_ram() -> float:
-    """Total RAM, or the cgroup's memory limit when it is lower (Ray's monitor reads the same)."""
-    import psutil
-
-    total = float(psutil.virtual_memory().total)
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(path).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            total = min(total, float(text))
-    return total
-
-
-def ray_kill_threshold() -> float:
-    """The fraction of RAM at which Ray's memory monitor kills workers."""
-    if os.environ.get("RAY_memory_monitor_refresh_ms", "").strip() == "0":
-        return 1.0
-    try:
-        return float(os.environ.get("RAY_memory_usage_threshold", "0.95"))
-    except ValueError:
-        return 0.95
-
-
-def ram_in_use_by_others() -> float:
-    """RAM in use on this machine now (what Ray's monitor counts: total - available), this process excluded (the
-    plan counts it as the driver)."""
-    import psutil
-
-    vm = psutil.virtual_memory()
-    return max(0.0, float(vm.total - vm.available - psutil.Process().memory_info().rss))
-
-
-def machine_budget(cfg: PPOConfig, device: str) -> Budget:
-    """trainer.memory_limit_gb for the RAM (CPU) or each GPU (CUDA); else the RAM x Ray's kill threshold, less what
-    other processes (the launcher, other jobs) use now, and the GPU's memory."""
-    t = cfg.trainer
-    if device != "cuda" and t.memory_limit_gb:
-        return Budget(t.memory_limit_gb * GB, "trainer.memory_limit_gb")
-    ram, threshold = machine_ram(), ray_kill_threshold()
-    # the launcher's simulation server already runs and is counted as trainer.colocated_server_gb
-    others = max(0.0, ram_in_use_by_others() - t.colocated_server_gb * GB)
-    gpu, gpu_src = 0.0, ""
-    if device == "cuda":
-        import torch
-
-        gpu, gpu_src = float(torch.cuda.get_device_properties(0).total_memory), "GPU memory"
-        if t.memory_limit_gb:
-            gpu, gpu_src = t.memory_limit_gb * GB, "trainer.memory_limit_gb"
-    return Budget(ram * threshold, f"RAM {ram / GB:.1f} GB x Ray kill threshold {threshold:g}", gpu, gpu_src, others)
 
 
 # --------------------------------------------------------------------------------------------- fitting
@@ -405,10 +341,10 @@ def apply_memory_plan(cfg: PPOConfig, device: str) -> MemoryPlan | None:
     changes = choose(p)
     if changes is None and cfg.trainer.memory_limit_gb is None and device != "cuda":
         least = p.plan(_minimal(cfg))
-        if least.total + least.others <= machine_ram():
-            # Between Ray's kill threshold and the RAM itself: the plan sums each process's RSS, which counts the
-            # shared library pages of every Python process again, so the machine's real use is lower; run at the
-            # plan's minimum rather than refuse a job that may well fit (the per-step peaks then show the truth).
+        if least.machine <= machine_ram():
+            # Between Ray's kill threshold and the RAM itself: the plan adds every process's peak (they rarely
+            # coincide) with conservative activations, so the machine's real use is lower; run at the plan's
+            # minimum rather than refuse a job that may well fit (the per-step peaks then show the truth).
             logger.warning("memory plan: %s exceeds Ray's kill threshold even with gradient checkpointing and one "
                            "longest row per micro-batch, but not the RAM: running that way (watch "
                            "perf/max_memory_rss_gb/total)", least.describe(), extra=SHOW)
@@ -425,6 +361,6 @@ def apply_memory_plan(cfg: PPOConfig, device: str) -> MemoryPlan | None:
                           f"fit: {fixes} (trainer.memory_plan=off skips this check)")
     _apply(cfg, changes)
     fitted = plan_config(cfg, device, dims, p.budget)
-    logger.info("memory plan: %.2f GB planned > %.2f GB allowed (%s); set %s -> %s", (plan.total + plan.others) / GB,
+    logger.info("memory plan: %.2f GB planned > %.2f GB allowed (%s); set %s -> %s", plan.machine / GB,
                 plan.budget / GB, plan.budget_source, _format(changes), fitted.describe(), extra=SHOW)
     return fitted

@@ -62,6 +62,9 @@ RUNTIME = {
     "vllm_worker": 0.95 * GB,  # vLLM's model-runner process before weights and KV cache
     "vllm_api_server": 0.95 * GB,  # the OpenAI API server process of a simulation server
     "cuda_context": 0.60 * GB,  # GPU memory of a CUDA context (not in torch.cuda.memory_allocated)
+    # of each Python process's RSS, the pages mapped from files (torch's and vLLM's libraries: RssFile after the
+    # imports): page cache, which the machine holds once and Ray's monitor counts as available
+    "file_backed": 0.17 * GB,
 }
 BACKWARD_VH = 3.0  # backward temporaries in units of V x h x 4 bytes (calibrated)
 HEAD_FULL_BYTES = 14  # per response position per vocabulary entry, full logits
@@ -245,6 +248,7 @@ class ProcessPlan:
     host: float
     gpu: float = 0.0
     parts: dict[str, float] = field(default_factory=dict)
+    file: float = RUNTIME["file_backed"]  # of `host`, pages mapped from files (page cache, not used RAM for Ray)
 
 
 def peak_of(name: str, count: int, base: dict[str, float], phases: dict[str, dict[str, float]],
@@ -257,6 +261,18 @@ def peak_of(name: str, count: int, base: dict[str, float], phases: dict[str, dic
         return ProcessPlan(name, count, host_extra, sum(parts.values()), parts)
     parts[f"{top}/allocator slack"] = (HOST_SLACK - 1.0) * sum((phases.get(top) or {}).values())
     return ProcessPlan(name, count, sum(parts.values()) + host_extra, 0.0, parts)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the job may use on one machine: `host` bytes of RAM (`others` of them already used by processes
+    outside the plan) and, on CUDA, `gpu` bytes per GPU."""
+
+    host: float = float("inf")
+    source: str = "no limit"
+    gpu: float = 0.0
+    gpu_source: str = ""
+    others: float = 0.0
 
 
 @dataclass
@@ -272,8 +288,14 @@ class MemoryPlan:
 
     @property
     def total(self) -> float:
-        """RAM of the job's processes on this machine."""
+        """Summed peak RSS of the job's processes on this machine (what perf/max_memory_rss_gb measures)."""
         return sum(p.host * p.count for p in self.processes)
+
+    @property
+    def machine(self) -> float:
+        """What Ray's monitor will count as used (total - available): the job's RSS without its file-backed pages
+        (page cache), plus the other processes' use."""
+        return sum((p.host - p.file) * p.count for p in self.processes) + self.others
 
     @property
     def gpu_total(self) -> float:
@@ -282,7 +304,7 @@ class MemoryPlan:
 
     @property
     def fits(self) -> bool:
-        return self.total + self.others <= self.budget and (self.gpu_budget <= 0 or self.gpu_total <= self.gpu_budget)
+        return self.machine <= self.budget and (self.gpu_budget <= 0 or self.gpu_total <= self.gpu_budget)
 
     def get(self, name: str) -> ProcessPlan | None:
         return next((p for p in self.processes if p.name == name), None)
@@ -299,8 +321,8 @@ class MemoryPlan:
         parts = " + ".join(f"{p.name} {p.host / GB:.2f}" + (f" x {p.count}" if p.count > 1 else "")
                            for p in self.processes)
         others = f" + others on this machine {self.others / GB:.2f}" if self.others else ""
-        text = f"{parts}{others} = {(self.total + self.others) / GB:.2f} GB of {self.budget / GB:.2f} GB " \
-               f"({self.budget_source})"
+        text = f"{parts} = {self.total / GB:.2f} GB RSS; without its file pages{others}: {self.machine / GB:.2f} GB " \
+               f"of {self.budget / GB:.2f} GB ({self.budget_source})"
         if self.gpu_budget > 0:
             text += f"; per GPU {self.gpu_total / GB:.2f} GB of {self.gpu_budget / GB:.2f} GB ({self.gpu_source})"
         return text

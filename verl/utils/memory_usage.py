@@ -10,16 +10,25 @@ verl's `perf/max_memory_allocated_gb` / `perf/max_memory_reserved_gb` (torch's p
 Peak RSS on Linux: writing "5" to /proc/<pid>/clear_refs resets the kernel's high-water mark VmHWM to the current
 RSS, and /proc/<pid>/status reports it; before the reset glibc is asked to return freed heap pages
 (malloc_trim), so a step's peak is measured from its live memory. Elsewhere the current RSS stands in (psutil).
+
+The machine (`machine_budget`, for the memory plan at start-up): its RAM (or cgroup limit), Ray's kill threshold,
+the RAM other processes use now, and on CUDA the GPU's memory; or `trainer.memory_limit_gb`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from verl.utils.memory_plan import GB, Budget
+
+if TYPE_CHECKING:
+    from verl.trainer.config import PPOConfig
 
 logger = logging.getLogger(__name__)
-GB = 1e9
 
 
 def _status_bytes(pid: int | str, key: str) -> float | None:
@@ -114,3 +123,57 @@ def step_metrics(driver: dict[str, float], actor: list[dict[str, float]], critic
             out[f"perf/max_memory_{name.removeprefix('cuda_')}_gb"] = max(values)
     out.update(planned or {})
     return out
+
+
+# --------------------------------------------------------------------------------------------- the machine
+def machine_ram() -> float:
+    """Total RAM, or the cgroup's memory limit when it is lower (Ray's monitor reads the same)."""
+    import psutil
+
+    total = float(psutil.virtual_memory().total)
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, float(text))
+    return total
+
+
+def ray_kill_threshold() -> float:
+    """The fraction of RAM at which Ray's memory monitor kills workers."""
+    if os.environ.get("RAY_memory_monitor_refresh_ms", "").strip() == "0":
+        return 1.0
+    try:
+        return float(os.environ.get("RAY_memory_usage_threshold", "0.95"))
+    except ValueError:
+        return 0.95
+
+
+def ram_in_use_by_others() -> float:
+    """RAM in use on this machine now (what Ray's monitor counts: total - available), this process excluded (the
+    plan counts it as the driver)."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return max(0.0, float(vm.total - vm.available - psutil.Process().memory_info().rss))
+
+
+def machine_budget(cfg: PPOConfig, device: str) -> Budget:
+    """trainer.memory_limit_gb for the RAM (CPU) or each GPU (CUDA); else the RAM x Ray's kill threshold, less what
+    other processes (the launcher, other jobs) use now, and the GPU's memory."""
+    t = cfg.trainer
+    if device != "cuda" and t.memory_limit_gb:
+        return Budget(t.memory_limit_gb * GB, "trainer.memory_limit_gb")
+    ram, threshold = machine_ram(), ray_kill_threshold()
+    # the launcher's simulation server already runs and is counted as trainer.colocated_server_gb
+    others = max(0.0, ram_in_use_by_others() - t.colocated_server_gb * GB)
+    gpu, gpu_src = 0.0, ""
+    if device == "cuda":
+        import torch
+
+        gpu, gpu_src = float(torch.cuda.get_device_properties(0).total_memory), "GPU memory"
+        if t.memory_limit_gb:
+            gpu, gpu_src = t.memory_limit_gb * GB, "trainer.memory_limit_gb"
+    return Budget(ram * threshold, f"RAM {ram / GB:.1f} GB x Ray kill threshold {threshold:g}", gpu, gpu_src, others)

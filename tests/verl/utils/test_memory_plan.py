@@ -11,8 +11,9 @@ import pytest
 
 from verl.trainer.config import ConfigError, load_config
 from verl.utils import memory_usage
-from verl.utils.memory_fit import Budget, apply_memory_plan, machine_budget, plan_config
-from verl.utils.memory_plan import GB, GIB, HOST_SLACK, RUNTIME, SMOLLM2_135M, ModelDims, model_dims
+from verl.utils.memory_fit import apply_memory_plan, plan_config
+from verl.utils.memory_plan import GB, GIB, HOST_SLACK, RUNTIME, SMOLLM2_135M, Budget, ModelDims, model_dims
+from verl.utils.memory_usage import machine_budget, machine_ram
 
 P135 = 134_515_008  # SmolLM2-135M: 30 x 3,540,096 (q, k, v, o, MLP, 2 norms) + 49152 x 576 + 576
 SEQ, RESP = 512 + 128, 128
@@ -96,6 +97,9 @@ def test_engines_server_and_critic():
     assert hf.get("rollout") is None and hf.get("actor").parts["hf engine weights"] == 4 * P135
     server = plan_config(_cfg(trainer__colocated_server_gb=2.5), "cpu", SMOLLM2_135M)
     assert server.total - base.total == pytest.approx(2.5 * GB)
+    # Ray's monitor counts RAM without page cache: the libraries mapped by each Python process (driver, actor,
+    # vLLM's two) and the weight file the vLLM worker maps during a sync
+    assert base.machine == pytest.approx(base.total - RUNTIME["file_backed"] * 4 - 4 * P135)
     ppo = plan_config(_cfg(algorithm__adv_estimator="gae", actor_rollout_ref__rollout__n=1,
                            critic__ppo_micro_batch_size_per_gpu=2), "cpu", SMOLLM2_135M)
     critic = ppo.get("critic")
@@ -116,7 +120,7 @@ def _limit_for(cfg, **changes) -> float:
     """trainer.memory_limit_gb that the config fits exactly once `changes` are applied."""
     from verl.utils.memory_fit import _set
 
-    return plan_config(_set(cfg, changes), "cpu", SMOLLM2_135M).total / GB
+    return plan_config(_set(cfg, changes), "cpu", SMOLLM2_135M).machine / GB
 
 
 def test_auto_lowers_the_token_budget_in_one_log_line(caplog):
@@ -129,7 +133,7 @@ def test_auto_lowers_the_token_budget_in_one_log_line(caplog):
     a = cfg.actor_rollout_ref.actor
     assert a.use_dynamic_bsz and 2 * SEQ <= a.ppo_max_token_len_per_gpu <= 2 * SEQ + 200
     assert a.ppo_max_token_len_per_gpu % 64 == 0 and not cfg.actor_rollout_ref.model.enable_gradient_checkpointing
-    assert plan.fits and plan.total <= limit * GB
+    assert plan.fits and plan.machine <= limit * GB
     lines = [r.getMessage() for r in caplog.records if r.name == "verl.utils.memory_fit"]
     assert len(lines) == 1
     assert f"actor_rollout_ref.actor.ppo_max_token_len_per_gpu={a.ppo_max_token_len_per_gpu}" in lines[0]
@@ -174,7 +178,7 @@ def test_nothing_fits_fails_before_ray_or_any_model():
     from verl.utils.memory_fit import _minimal, _set
 
     cfg = _cfg(data__max_response_length=2048, data__max_prompt_length=1024)
-    least = plan_config(_set(cfg, _minimal(cfg)), "cpu", SMOLLM2_135M).total
+    least = plan_config(_set(cfg, _minimal(cfg)), "cpu", SMOLLM2_135M).machine
     cfg.trainer.memory_limit_gb = (least - 0.3 * GB) / GB  # 0.3 GB short even at one row with checkpointing
     with pytest.raises(ConfigError) as e:
         run(cfg)
@@ -204,8 +208,6 @@ def test_off_skips_the_plan_and_the_keys_are_checked():
 
 def test_the_machine_budget_follows_ray_threshold(monkeypatch):
     monkeypatch.setenv("RAY_memory_usage_threshold", "0.5")
-    from verl.utils.memory_fit import machine_ram
-
     b = machine_budget(_cfg(), "cpu")
     assert "Ray kill threshold 0.5" in b.source and b.others >= 0 and b.host == pytest.approx(machine_ram() * 0.5)
     monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")

@@ -74,7 +74,8 @@ def test_step_is_the_same_for_any_micro_batch_budget(data_file, tmp_path):
             # Adam's first step is ~lr * sign(grad): an element whose gradient is ~0 may flip on a last-bit change of
             # the summation order; allow a handful of such flips (each at most 2 lr), nothing else
             off = ~torch.isclose(a, b, rtol=1e-4, atol=1e-6)
-            assert int(off.sum()) <= 10 and float((a - b)[off].abs().max(initial=0.0)) <= 2e-4, k
+            worst = float((a - b)[off].abs().max()) if off.any() else 0.0
+            assert int(off.sum()) <= 10 and worst <= 2e-4, (k, int(off.sum()), worst)
 
 
 @pytest.mark.slow
