@@ -32,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+from bench_rollout import machine_info
 from results_io import append_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,20 +52,13 @@ ENV = {"chunked_ckpt_mmap1m": {"MALLOC_MMAP_THRESHOLD_": "1048576"}}
 GIB = 1 << 30
 
 
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
 def child(name: str, rows: int, prompt: int, response: int, repeats: int, threads: int) -> dict:
     import torch
 
     from verl.protocol import DataProto
     from verl.single_controller.dist import init_dist
     from verl.trainer.config import ActorConfig, OptimConfig
-    from verl.utils.memory_usage import trim_heap
+    from verl.utils.memory_usage import peak_rss, reset_peaks
     from verl.utils.models import resolve_model_path
     from verl.workers.actor import DataParallelPPOActor
     from verl.workers.fsdp_utils import apply_fsdp2, build_optimizer, load_hf_model
@@ -86,23 +80,23 @@ def child(name: str, rows: int, prompt: int, response: int, repeats: int, thread
     data = DataProto.from_dict(batch, meta_info={"temperature": 1.0})
     times, peaks, bases = [], [], []
     for _ in range(repeats):  # the first call also allocates the AdamW state (~0.1 s, 1 GiB): its peak counts
-        trim_heap()  # freed heap back to the OS first (the actor does the same at the start of an update)
-        bases.append(_status_kb("VmRSS") * 1024 / GIB)
-        Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+        reset_peaks(children=False)  # malloc_trim, then VmHWM := current RSS (the actor trims at an update's start)
+        bases.append(peak_rss() / GIB)
         start = time.perf_counter()
         actor.update_policy(data)
         times.append(time.perf_counter() - start)
-        peaks.append(_status_kb("VmHWM") * 1024 / GIB)
+        peaks.append(peak_rss() / GIB)
     return {"variant": name, "peak_rss_gib": max(peaks), "base_rss_gib": bases[-1],
             "update_peak_over_base_gib": max(p - b for p, b in zip(peaks, bases)), "update_s": times,
             "update_s_median": statistics.median(times)}
 
 
-def machine_info() -> dict:
-    flags = Path("/proc/cpuinfo").read_text()
-    model = next((x.split(":", 1)[1].strip() for x in flags.splitlines() if x.startswith("model name")), "?")
-    bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    return {"cpu": model, "cores": os.cpu_count(), "native_bf16": bf16,
+def host_info() -> dict:
+    """bench_rollout's machine record plus the host kind (native bf16 or not)."""
+    from verl.workers.fsdp_utils import cpu_has_native_bf16
+
+    bf16 = cpu_has_native_bf16()
+    return {**machine_info(), "native_bf16": bf16,
             "host_kind": "Xeon with AMX/avx512_bf16" if bf16 else "no avx512_bf16 (fp32 host)"}
 
 
@@ -135,7 +129,7 @@ def main() -> None:
         for r in results:
             ratios[r["variant"]] = {"peak_rss": r["peak_rss_gib"] / by["today"]["peak_rss_gib"],
                                     "update_time": r["update_s_median"] / by["today"]["update_s_median"]}
-    record = {"bench": "actor_update_memory", "machine": machine_info(), "settings": vars(args) | {"child": None},
+    record = {"bench": "actor_update_memory", "machine": host_info(), "settings": vars(args) | {"child": None},
               "results": results, "ratios_vs_today": ratios, "time": time.strftime("%Y-%m-%d %H:%M")}
     append_record(args.out, record)
     print(json.dumps(ratios, indent=1))
