@@ -22,6 +22,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from verl.trainer.ppo.metrics import DATASET_AVG
 from verl.utils import checkpoint as ckpt
 from zerosearch import launch
 
@@ -112,10 +113,13 @@ def _run_settings(parsed: launch.Launch) -> tuple[Path, int]:
 
 
 def format_table(before: dict, after: dict) -> str:
-    sources = sorted({k.split("/")[1] for k in before if k.startswith("val/") and k.endswith("/em")})
+    """Per data source, then all rows (`overall`) and the mean over data sources (`dataset_avg`, the paper's Avg)."""
+    found = {k.split("/")[1] for k in before if k.startswith("val/") and k.endswith("/em")}
+    tail = [s for s in ("overall", DATASET_AVG) if s in found]
+    sources = sorted(found - set(tail)) + tail
     lines = [f"{'data source':<16} {'n':>5} {'EM before':>10} {'EM after':>9} {'F1 before':>10} {'F1 after':>9}"]
     for s in sources:
-        n = int(before.get(f"val/{s}/count", 0))
+        n = f"{int(before[f'val/{s}/count'])}" if f"val/{s}/count" in before else "-"
         cells = [before.get(f"val/{s}/em"), after.get(f"val/{s}/em"), before.get(f"val/{s}/f1"),
                  after.get(f"val/{s}/f1")]
         lines.append(f"{s:<16} {n:>5} " + " ".join(f"{c:>9.3f}" if c is not None else f"{'-':>9}" for c in cells))

@@ -3,7 +3,8 @@
 Scores the decoded *response only* (`response_text`, never prompt + response) against the row's
 ground truth with `zerosearch.reward`, configured by the `reward` config section (metric f1|em|substring,
 format_penalty, format_reward, strict_format). Per-sample em / f1 / substring are returned under their
-own names, so validation reports all three per data_source.
+own names, so validation reports all three per data_source; `answer` is the extracted answer (a string, or None
+without `<answer>`), which evaluation records and metric aggregation skips.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from verl.protocol import DataProto
-from zerosearch.reward import RewardConfig, score_batch
+from zerosearch.reward import RewardConfig, extract_answer, score_batch
 
 
 def make_reward_fn(config, tokenizer=None, **_) -> Callable:
@@ -22,6 +23,7 @@ def make_reward_fn(config, tokenizer=None, **_) -> Callable:
         gts = nt["ground_truth"] if "ground_truth" in nt else nt["golden_answers"]
         scores, per = score_batch(list(nt["response_text"]), list(gts), list(nt["data_source"]), rcfg)
         keep = ("score", "em", "f1", "substring", "format_ok", "has_answer")
-        return scores, [{k: float(p[k]) for k in keep if k in p} for p in per]
+        answers = [extract_answer(r) for r in nt["response_text"]]
+        return scores, [{**{k: float(p[k]) for k in keep if k in p}, "answer": a} for p, a in zip(per, answers)]
 
     return reward

@@ -213,6 +213,8 @@ def test_score_batch_and_aggregate():
     assert agg["val/nq/count"] == 2 and agg["val/hotpotqa/count"] == 1
     assert agg["val/hotpotqa/has_answer"] == 0.0
     assert agg["val/overall/f1"] == pytest.approx(1.8 / 3) and agg["val/overall/count"] == 3
+    # the paper's Avg weighs each dataset the same: (0.9 + 0.0) / 2, not the row mean 0.6
+    assert agg["val/dataset_avg/f1"] == pytest.approx(0.45) and agg["val/dataset_avg/datasets"] == 2
     assert aggregate_by_source([], []) == {}
 
 

@@ -186,6 +186,45 @@ def setup_run_logging(log_dir: str | Path, level: str = "WARNING", verbose: bool
     return _run
 
 
+def setup_command_logging(log_path: str | Path, level: str = "WARNING",
+                          verbose: bool = False) -> tuple[TextIO, TextIO]:
+    """A standalone command with engines in its own process tree (evaluation, inference): like `setup_run_logging`,
+    with the log at `log_path`, and file descriptors 1 and 2 (so `sys.stdout` / `sys.stderr`, and the engine
+    processes it spawns, which inherit them) pointed at it too. Returns (out, err): streams on the original stdout,
+    where the command writes its results, and stderr, where console records go and progress bars belong.
+    Verbose: nothing redirected, (sys.stdout, sys.stderr)."""
+    global _run
+    level = check_level(level, "LOG_LEVEL")
+    path = Path(log_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} started (pid {os.getpid()}): {' '.join(sys.argv)}\n")
+    fh = logging.FileHandler(path, mode="a", encoding="utf-8")
+    fh.setFormatter(logging.Formatter(FILE_FORMAT))
+    file_level = logging.DEBUG if level == "DEBUG" else logging.INFO
+    if verbose:
+        ch = ConsoleHandler(sys.stderr)
+        ch.setFormatter(ConsoleFormatter())
+        _install(file_level, fh, ch, min(logging.INFO, getattr(logging, level)), quiet=False)
+        _run = RunLog(path, level, verbose)
+        return sys.stdout, sys.stderr
+    sys.stdout.flush()
+    sys.stderr.flush()
+    out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+    err = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    ch = ConsoleHandler(err)
+    ch.setFormatter(ConsoleFormatter())
+    _install(file_level, fh, ch, getattr(logging, level), quiet=True)
+    adopt_library_loggers()
+    os.environ.setdefault("WANDB_SILENT", "true")
+    _run = RunLog(path, level, verbose)
+    return out, err
+
+
 def worker_env() -> dict[str, str]:
     """Environment a worker needs to send its output to this run's log (empty: leave the worker's output alone)."""
     if _run is None or _run.verbose:

@@ -62,6 +62,21 @@ class PromptDataset:
         df = pd.concat(frames, ignore_index=True)
         if max_samples is not None:
             df = df.iloc[:max_samples]
+        self._tokenize(df, tokenizer, prompt_key, max_prompt_length, truncation, apply_chat_template, key,
+                       assistant_prefix)
+
+    @classmethod
+    def from_dataframe(cls, df: pd.DataFrame, tokenizer, *, prompt_key: str = "prompt", max_prompt_length: int = 512,
+                       truncation: str = "error", apply_chat_template: bool = True, key: str = "rows",
+                       assistant_prefix: str = "") -> PromptDataset:
+        """Rows built in memory (one question asked on the command line), tokenised exactly as a file's rows."""
+        ds = cls.__new__(cls)
+        ds._tokenize(df.reset_index(drop=True), tokenizer, prompt_key, max_prompt_length, truncation,
+                     apply_chat_template, key, assistant_prefix)
+        return ds
+
+    def _tokenize(self, df: pd.DataFrame, tokenizer, prompt_key: str, max_prompt_length: int, truncation: str,
+                  apply_chat_template: bool, key: str, assistant_prefix: str) -> None:
         self.df = df
         self.rows: list[dict] = []
         too_long = 0

@@ -155,3 +155,8 @@ enable, disable, begin, advance, end, abort, phase = (_progress.enable, _progres
 
 def enabled() -> bool:
     return _progress.enabled
+
+
+def is_live() -> bool:
+    """True when phases are drawn as live bars (a terminal); False when they are reported as lines, or disabled."""
+    return _progress.enabled and _progress.live

@@ -9,6 +9,8 @@ import torch
 
 from verl.protocol import DataProto
 
+DATASET_AVG = "dataset_avg"  # val/dataset_avg/<metric>: mean over data sources; val/overall/<metric>: over rows
+
 
 def _stats(prefix: str, x: torch.Tensor) -> dict[str, float]:
     if x.numel() == 0:
@@ -46,8 +48,10 @@ def compute_throughput_metrics(batch: DataProto, step_time: float, n_workers: in
 
 
 def aggregate_by_source(per_sample: list[dict], sources, prefix: str = "val") -> dict[str, float]:
-    """Mean of every numeric per-sample metric per data_source and overall, plus row counts:
-    `{prefix}/{source}/{metric}`, `{prefix}/{source}/count`, `{prefix}/overall/...`."""
+    """Mean of every numeric per-sample metric per data_source, plus row counts: `{prefix}/{source}/{metric}`,
+    `{prefix}/{source}/count`; `{prefix}/overall/...`: the mean over all rows; `{prefix}/dataset_avg/{metric}`: the
+    mean of the per-source means (the paper's "Avg": every dataset weighs the same, whatever its size), with
+    `{prefix}/dataset_avg/datasets` the number of sources."""
     sources = list(sources)
     if len(per_sample) != len(sources):
         raise ValueError(f"aggregate_by_source got {len(per_sample)} metric dicts but {len(sources)} data sources")
@@ -64,4 +68,10 @@ def aggregate_by_source(per_sample: list[dict], sources, prefix: str = "val") ->
         for k, vals in buckets[src].items():
             out[f"{prefix}/{src}/{k}"] = float(np.mean(vals))
         out[f"{prefix}/{src}/count"] = float(n)
+    datasets = [s for s in counts if s != "overall"]
+    if datasets:
+        for k in buckets["overall"]:
+            means = [out[f"{prefix}/{s}/{k}"] for s in datasets if f"{prefix}/{s}/{k}" in out]
+            out[f"{prefix}/{DATASET_AVG}/{k}"] = float(np.mean(means))
+        out[f"{prefix}/{DATASET_AVG}/datasets"] = float(len(datasets))
     return out

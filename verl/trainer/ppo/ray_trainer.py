@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import logging
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from verl.protocol import DataProto
 from verl.single_controller.ray_worker_group import reduce_metrics
 from verl.trainer.config import PPOConfig
-from verl.trainer.ppo import core_algos
+from verl.trainer.ppo import core_algos, validation
 from verl.trainer.ppo.components import WorkerGroupEngine
 from verl.trainer.ppo.metrics import aggregate_by_source, compute_data_metrics, compute_throughput_metrics
 from verl.utils import checkpoint as ckpt
@@ -128,47 +127,28 @@ class RayPPOTrainer:
         return self._make_batch(self.train_ds, idx)
 
     def _make_batch(self, ds: PromptDataset, idx: list[int]) -> DataProto:
-        nt = ds.collate(idx)
-        # GRPO groups: a fresh string uid per prompt instance, never a dataset index (the original's
-        # integer indices collided across datasets).
-        nt["uid"] = np.array([str(uuid.uuid4()) for _ in idx], dtype=object)
-        return DataProto.from_dict(non_tensors=nt)
+        return validation.make_batch(ds, idx)
 
     def _sampling_params(self, validate: bool) -> SamplingParams:
-        r = self.cfg.actor_rollout_ref.rollout
-        max_tokens = self.cfg.data.max_response_length
         if validate:
-            v = r.val_kwargs
-            temp = v.temperature if v.do_sample else 0.0
-            return SamplingParams(n=1, temperature=temp, top_p=v.top_p, top_k=v.top_k, max_tokens=max_tokens,
-                                  seed=self.cfg.trainer.seed)
-        return SamplingParams(n=1, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_tokens=max_tokens,
+            return validation.val_sampling_params(self.cfg)
+        r = self.cfg.actor_rollout_ref.rollout
+        return SamplingParams(n=1, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                              max_tokens=self.cfg.data.max_response_length,
                               seed=self.cfg.trainer.seed + self.global_step)
 
     def _generate(self, batch: DataProto, m: dict, validate: bool = False) -> DataProto:
         r = self.cfg.actor_rollout_ref.rollout
         n = r.val_kwargs.n if validate else r.n
-        batch = batch.repeat(n, interleave=True)
-        with progress.phase("gen", len(batch)) if not validate else contextlib.nullcontext():  # rows finish as turns do
-            out = self.rollout_fn(batch, self.engine, self._sampling_params(validate), self.global_step, validate)
-        m.update(out.meta_info.pop("metrics", {}) or {})
-        for k, v in batch.non_tensor_batch.items():
-            if k not in out.non_tensor_batch:
-                out.non_tensor_batch[k] = v
-        out.meta_info.update(batch.meta_info)
+        bar = progress.phase("gen", len(batch) * n) if not validate else contextlib.nullcontext()
+        with bar:  # rows finish as turns do
+            out, extra = validation.generate(batch, self.rollout_fn, self.engine, self._sampling_params(validate), n,
+                                             self.global_step, validate)
+        m.update(extra)
         return out
 
     def _compute_reward(self, batch: DataProto, m: dict | None = None) -> list[dict]:
-        scores, per_sample = self.reward_fn(batch)
-        resp_mask = batch.batch["response_mask"]  # [B, R]
-        token_scores = torch.zeros_like(resp_mask, dtype=torch.float32)
-        has_tokens = resp_mask.sum(-1) > 0
-        # index of the last policy token of each row
-        last = (resp_mask * torch.arange(resp_mask.shape[1])).argmax(-1)
-        rows = torch.arange(len(scores))
-        token_scores[rows[has_tokens], last[has_tokens]] = torch.tensor(scores, dtype=torch.float32)[has_tokens]
-        batch.batch["token_level_scores"] = token_scores
-        batch.non_tensor_batch["score"] = np.array(scores, dtype=object)
+        per_sample = validation.score(batch, self.reward_fn)
         if m is not None and per_sample:
             for k in per_sample[0]:
                 vals = [float(p[k]) for p in per_sample if isinstance(p.get(k), (int, float, bool))]
