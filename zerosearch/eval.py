@@ -281,7 +281,7 @@ class Evaluation:
 
         cfg, n = self.setup.cfg, self.setup.n
         session = f"{os.getpid()}-{int(time.time())}"
-        progress.begin("eval", (total_q - done_q) * n, unit="traj")
+        progress.begin("eval", (total_q - done_q) * n, unit="q" if n == 1 else "sample")
         t0 = time.monotonic()
         for b in todo:
             tb = time.monotonic()
@@ -357,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}\n\n{usage('python -m zerosearch.eval', KEYS)}", file=sys.stderr)
         return 2
     stdout, stderr = console.setup_command_logging(out / LOG, v["LOG_LEVEL"], verbose(v))
+    from verl.utils import reaper
+
+    reaper.guard()  # SIGTERM / SIGHUP like Ctrl-C; nothing this starts (engine, simulation server) outlives it
     from verl.utils import progress
 
     progress.enable(stderr)
@@ -371,11 +374,11 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("evaluation refused: %s", e, extra=console.FILE_ONLY, exc_info=True)
         console.console_write(f"error: {e}", stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         progress.abort()
         console.console_write(f"interrupted: the finished batches are in {out / RECORDS}; run the same command again "
                               "to resume", stderr)
-        return 130
+        return reaper.exit_code(e)
     except Exception as e:  # noqa: BLE001 - one paragraph on the console, the traceback in the log
         progress.abort()
         logger.error("evaluation failed", exc_info=True, extra=console.FILE_ONLY)

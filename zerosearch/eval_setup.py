@@ -14,6 +14,7 @@ and reward are the trainer's components (`make_search_rollout_fn`, `make_reward_
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ COMMON_KEYS: dict[str, tuple[str, str]] = {
     "SIMULATION_LLM": ("embedded", "simulate_*: served model name, or a local dir / 'embedded' to serve"),
     "IP": ("127.0.0.1", "simulate_*: simulation server IP(s), comma-separated"),
     "PORT": ("6001", "simulate_*: simulation server port"),
-    "ROLLOUT": ("vllm", "engine: vllm | hf (Hugging Face generate)"),
+    "ROLLOUT": ("vllm", "engine: vllm (hf where vLLM is not installed) | hf (Hugging Face generate)"),
     "DEVICE": ("auto", "auto | cpu | cuda"),
     "DTYPE": ("auto", "engine dtype: auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16"),
     "TEMPERATURE": ("auto", "sampling temperature (auto: 0, greedy, for one sample; 1.0 for N > 1)"),
@@ -159,6 +160,10 @@ def build_setup(v: dict[str, str], overrides: list[str], data_files: list[str], 
     engine = search_engine(v["SEARCH_ENGINE"], data_dir)
     if v["ROLLOUT"] not in ("vllm", "hf"):
         raise UsageError(f"ROLLOUT must be vllm or hf, got {v['ROLLOUT']!r}")
+    rollout = v["ROLLOUT"]
+    if rollout == "vllm" and importlib.util.find_spec("vllm") is None:
+        logger.warning("vLLM is not installed here: using Hugging Face generate (ROLLOUT hf)")
+        rollout = "hf"
     if v["DEVICE"] not in ("auto", "cpu", "cuda"):
         raise UsageError(f"DEVICE must be auto, cpu or cuda, got {v['DEVICE']!r}")
     temperature = (0.0 if n == 1 else 1.0) if v["TEMPERATURE"] == "auto" else _float(v, "TEMPERATURE")
@@ -178,7 +183,7 @@ def build_setup(v: dict[str, str], overrides: list[str], data_files: list[str], 
         f"trainer.device={v['DEVICE']}",
         f"trainer.seed={seed}",
         f"actor_rollout_ref.model.path={model_dir}",
-        f"actor_rollout_ref.rollout.name={v['ROLLOUT']}",
+        f"actor_rollout_ref.rollout.name={rollout}",
         f"actor_rollout_ref.rollout.dtype={v['DTYPE']}",
         f"actor_rollout_ref.rollout.val_kwargs.n={n}",
         f"actor_rollout_ref.rollout.val_kwargs.do_sample={str(temperature > 0).lower()}",

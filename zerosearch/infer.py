@@ -203,6 +203,9 @@ def main(argv: list[str] | None = None, stdin=None) -> int:
         return 2
     log = Path(v["LOG"]) if v["LOG"] != "auto" else ROOT / "eval" / "infer.log"
     out, err = console.setup_command_logging(log, v["LOG_LEVEL"], verbose(v))
+    from verl.utils import reaper
+
+    reaper.guard()
     from zerosearch.eval_memory import check_memory
     from zerosearch.eval_setup import build_parts
 
@@ -222,8 +225,8 @@ def main(argv: list[str] | None = None, stdin=None) -> int:
     except UsageError as e:
         console.console_write(f"error: {e}", err)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:
+        return reaper.exit_code(e)
     except Exception as e:  # noqa: BLE001 - one line on the console, the traceback in the log
         logger.error("infer failed", exc_info=True, extra=console.FILE_ONLY)
         console.console_write(f"infer failed: {type(e).__name__}: {e}; details in {log}", err)

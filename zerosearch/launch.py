@@ -294,6 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     if parse_bool(launch.values["DRY_RUN"], "DRY_RUN"):
         print(" ".join(cmd))
         return 0
+    from verl.utils import reaper
+
+    reaper.guard()  # SIGTERM / SIGHUP stop what this starts, like Ctrl-C; a reaper covers a SIGKILL of this process
     from verl.utils.console import setup_run_logging
 
     logs = run_dir(overrides) / "logs"  # the run log: this launcher's lines, then the trainer's
@@ -314,15 +317,34 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None and not any(o.startswith("trainer.colocated_server_gb=") for o in overrides):
             gb = _server_gb(server, launch.values["SIMULATION_LLM"], "trainer.device=cpu" in overrides)
             cmd.append(f"trainer.colocated_server_gb={gb:.2f}")
-        proc = subprocess.Popen(cmd, cwd=ROOT)
+        # the trainer gets SIGTERM if this process dies without stopping it (it then shuts its Ray cluster down)
+        proc = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=reaper.pdeathsig_preexec(signal.SIGTERM))
         try:
             return proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            return proc.wait()
+        except KeyboardInterrupt as e:  # Ctrl-C (the trainer got it too), SIGTERM or SIGHUP (reaper.Terminated)
+            return _stop_trainer(proc, e)
+    except KeyboardInterrupt as e:  # while the simulation server was starting (it is stopped by now)
+        print(f"stopped ({e or 'SIGINT'}) while starting the simulation server", file=sys.stderr)
+        return reaper.exit_code(e)
     finally:
         if server is not None:
             server.stop()
+
+
+def _stop_trainer(proc: subprocess.Popen, exc: BaseException, grace_s: float = 60.0) -> int:
+    """Pass the signal on to the trainer, give it `grace_s` to stop its workers and Ray, then kill it."""
+    from verl.utils import reaper
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    try:
+        proc.send_signal(signum)
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    except ProcessLookupError:
+        pass
+    return reaper.exit_code(exc)
 
 
 def _server_gb(server, model: str, cpu: bool) -> float:

@@ -139,8 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics = root / "logs" / "metrics.jsonl"
     rc = launch.main([*args, *plan_run(root, total)])
     if rc != 0:
-        print(f"quickstart: training failed (exit {rc}); run it again to resume from the last complete step",
-              file=sys.stderr)
+        what = "stopped by a signal" if rc in (129, 130, 143) else "training failed"
+        print(f"quickstart: {what} (exit {rc}); run it again to resume from the last complete step", file=sys.stderr)
         return rc
     pair = before_after(read_val_rows(metrics))
     if pair is None:

@@ -7,7 +7,9 @@ key), starts Ray (CPU cores or GPUs), builds the worker groups and the plugged c
 The command line keeps the console quiet (`verl.utils.console`: everything goes to
 `<trainer.default_local_dir>/logs/train.log`, the console shows progress, metrics and what matters;
 `trainer.log_level`, `trainer.verbose`) and turns a failure into one paragraph (`verl.utils.failure`) and an
-exit code: 1 failed, 2 config error, 130 interrupted. No Hydra traceback hint: errors never reach Hydra.
+exit code: 1 failed, 2 config error, 130 interrupted (143 SIGTERM, 129 SIGHUP: handled like Ctrl-C, and a reaper
+stops whatever a SIGKILL of the driver would leave, `verl.utils.reaper`). No Hydra traceback hint: errors never reach
+Hydra.
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ def init_ray(cfg: PPOConfig, device: str) -> None:
     kwargs = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": env})
     if cfg.trainer.ray_address:
         kwargs["address"] = cfg.trainer.ray_address
-    elif device == "cpu":  # logical CPUs: the actor group, plus the critic group sharing the same cores
-        need = cfg.world_size * cfg.trainer.cpus_per_worker * (1.5 if cfg.use_critic else 1.0)
-        kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
+    else:  # always a fresh local cluster, never one left behind by a killed run (or `ray start`) on this machine
+        kwargs["address"] = "local"
+        if device == "cpu":  # logical CPUs: the actor group, plus the critic group sharing the same cores
+            need = cfg.world_size * cfg.trainer.cpus_per_worker * (1.5 if cfg.use_critic else 1.0)
+            kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
     console.init_ray(**kwargs)  # ray.init; in a quiet run Ray's output is routed to the run log
 
 
@@ -130,10 +134,12 @@ def run_cli(cfg: PPOConfig) -> int:
         progress.abort()
         console.console_write(f"config error: {e}")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM / SIGHUP (verl.utils.reaper.Terminated)
+        from verl.utils.reaper import exit_code
+
         progress.abort()
-        console.console_write(f"interrupted. {failure.resume_hint(cfg)}")
-        return 130
+        console.console_write(f"interrupted{f' ({e})' if str(e) else ''}. {failure.resume_hint(cfg)}")
+        return exit_code(e)
     except Exception as e:
         failure.report_failure(e, cfg)
         return 1
@@ -169,6 +175,9 @@ def main() -> None:
             raise SystemExit(2) from None
         t = cfg.trainer
         console.setup_run_logging(Path(t.default_local_dir) / "logs", t.log_level, t.verbose)
+        from verl.utils import reaper
+
+        reaper.guard()  # SIGTERM / SIGHUP shut Ray down like Ctrl-C; a reaper stops what a SIGKILL would leave
         raise SystemExit(run_cli(cfg))  # SystemExit passes through Hydra, which would add its own traceback hint
 
     _main()

@@ -69,8 +69,9 @@ class SimulationServer:
         except OSError:
             return ""
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM the process group, SIGKILL what is left after `timeout_s`."""
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM the process group, SIGKILL what is left after `timeout_s` (a vLLM server still starting up
+        ignores SIGTERM; a healthy one stops in a few seconds)."""
         if self._stopped:
             return
         self._stopped = True
@@ -156,16 +157,22 @@ def start_simulation_server(
     logger.info("simulation server: starting %s at %s%s (log: %s)", served_name, url,
                 ", about 2 minutes on CPU" if cpu else "", _shown(log_path), extra=SHOW)
     logger.info("simulation server command: %s", " ".join(cmd))
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    from verl.utils.reaper import pdeathsig_preexec
+
+    with open(log_path, "ab") as log:  # own session: stopped as a group; SIGTERM when its starter dies
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=pdeathsig_preexec(signal.SIGTERM))
     server = SimulationServer(proc, url, served_name, log_path)
     deadline = time.monotonic() + startup_timeout_s
-    while not is_healthy(url):
-        if proc.poll() is not None:
-            raise RuntimeError(f"simulation server exited with code {proc.returncode}:\n{server.log_tail()}")
-        if time.monotonic() > deadline:
-            server.stop()
-            raise RuntimeError(f"simulation server not healthy after {startup_timeout_s}s:\n{server.log_tail()}")
-        time.sleep(2.0)
+    try:
+        while not is_healthy(url):
+            if proc.poll() is not None:
+                raise RuntimeError(f"simulation server exited with code {proc.returncode}:\n{server.log_tail()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"simulation server not healthy after {startup_timeout_s}s:\n{server.log_tail()}")
+            time.sleep(1.0)
+    except BaseException:  # failed, timed out, Ctrl-C or SIGTERM while starting: nothing is left behind
+        server.stop()
+        raise
     logger.info("simulation server: healthy at %s (model name %r)", url, served_name, extra=SHOW)
     return server

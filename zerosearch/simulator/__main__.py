@@ -205,7 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from verl.utils import reaper
+
+    reaper.guard()  # `evaluate` may start a simulation server: SIGTERM / SIGHUP stop it like Ctrl-C
+    try:
+        return args.func(args)
+    except KeyboardInterrupt as e:
+        print(f"stopped ({e or 'SIGINT'})", file=sys.stderr)
+        return reaper.exit_code(e)
 
 
 if __name__ == "__main__":
