@@ -243,6 +243,10 @@ class Evaluation:
         show(f"eval: {setup.model_kind} ({setup.model_dir}) on {', '.join(setup.data_files)}; search "
              f"{setup.engine}, {cfg.actor_rollout_ref.rollout.name} engine, "
              + ("greedy" if setup.temperature == 0 else f"N {n} at temperature {setup.temperature:g}"))
+        from zerosearch.eval_setup import training_mismatches
+
+        for m in training_mismatches(setup):
+            logger.warning("this checkpoint's run trained with other rollout settings: %s", m, extra=console.SHOW)
         parts = build_parts(setup, self.out / "simulation_server.log")
         try:
             d = cfg.data

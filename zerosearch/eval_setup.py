@@ -211,6 +211,37 @@ def build_setup(v: dict[str, str], overrides: list[str], data_files: list[str], 
     return Setup(cfg, dict(v), model_dir, kind, engine, device, n, temperature, list(data_files))
 
 
+TRAINED_WITH = (("search", "max_turns", "MAX_TURNS"), ("search", "topk", "TOPK"),
+                ("search", "observation_format", "search.observation_format"),
+                ("data", "max_response_length", "data.max_response_length"),
+                ("data", "max_obs_length", "data.max_obs_length"),
+                ("data", "assistant_prefix", "data.assistant_prefix"))
+
+
+def training_mismatches(setup: Setup) -> list[str]:
+    """For a training checkpoint: the rollout settings its run trained with (`<run>/logs/config.json`) that this
+    command sets otherwise, the usual reason a reproduction falls short. Empty for other models."""
+    import json
+
+    d = Path(setup.model_dir)
+    if not (d.name == "huggingface" and d.parent.name.startswith("global_step_")):
+        return []
+    saved = d.parent.parent / "logs" / "config.json"
+    try:
+        trained = json.loads(saved.read_text())
+    except (OSError, ValueError):
+        return []
+    from zerosearch.generation_factory import _config_section
+
+    mine = {"search": _config_section(setup.cfg, "search"), "data": dataclasses.asdict(setup.cfg.data)}
+    out = []
+    for section, key, shown in TRAINED_WITH:
+        was, now = (trained.get(section) or {}).get(key), mine[section].get(key)
+        if was is not None and now is not None and was != now:
+            out.append(f"{shown} {now!r} (trained with {was!r})")
+    return out
+
+
 def verbose(v: dict[str, str]) -> bool:
     return str(v.get("VERBOSE", "false")).strip().lower() in TRUE_WORDS
 

@@ -213,6 +213,10 @@ def main(argv: list[str] | None = None, stdin=None) -> int:
         check_memory(setup, BATCH)
         console.console_write(f"infer: loading {setup.model_kind} ({setup.cfg.actor_rollout_ref.rollout.name} "
                               f"engine, {setup.engine} search); engine output goes to {log}", err)
+        from zerosearch.eval_setup import training_mismatches
+
+        for m in training_mismatches(setup):
+            console.console_write(f"warning: this checkpoint's run trained with other rollout settings: {m}", err)
         parts = build_parts(setup, log.with_name("infer_simulation_server.log"))
         try:
             for k, res in enumerate(play(setup, parts, questions, style)):

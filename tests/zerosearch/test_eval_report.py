@@ -144,3 +144,19 @@ def test_command_line_errors_name_the_key(capsys):
     assert ev.main(["SEARCH_ENGINE", "bing"]) == 2
     assert "SEARCH_ENGINE must be one of" in capsys.readouterr().err
     assert ev.main(["--compare", "only_one"]) == 2
+
+
+def test_a_checkpoint_trained_with_other_rollout_settings_is_named(tmp_path):
+    from zerosearch.eval_setup import COMMON_KEYS, build_setup, training_mismatches
+
+    run = tmp_path / "run"
+    hf = run / "global_step_2" / "huggingface"
+    hf.mkdir(parents=True)
+    (hf / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (run / "logs").mkdir()
+    (run / "logs" / "config.json").write_text(json.dumps({"search": {"max_turns": 3, "topk": 3},
+                                                          "data": {"max_response_length": 320}}))
+    values = {k: d for k, (d, _) in COMMON_KEYS.items()} | {"MODEL_PATH": str(hf.parent), "SEARCH_ENGINE": "local"}
+    setup = build_setup(values, [], [], None)
+    assert training_mismatches(setup) == ["MAX_TURNS 2 (trained with 3)"]
+    assert training_mismatches(build_setup({**values, "MAX_TURNS": "3"}, [], [], None)) == []

@@ -27,17 +27,18 @@ def test_google_calls_sent_and_cache_hits_are_counted_apart(serp_server, tmp_pat
         proc = subprocess.run(
             ["bash", str(ROOT / "scripts" / "evaluate.sh"), "DATA_PATH", str(world / "test.parquet"),
              "SEARCH_ENGINE", "google", "ROLLOUT", "hf", "MAX_SAMPLES", "2", "OUT", str(out),
-             f"search.cache_path={tmp_path / 'cache.sqlite'}",
+             f"+search.cache_path={tmp_path / 'cache.sqlite'}",
              "data.assistant_prefix='<search>'"],  # every trajectory opens with a search
             capture_output=True, text=True, timeout=900, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         for name in ("summary.json", "settings.json", "eval.log", "trajectories.jsonl", "table.md"):
             assert serp_server.key not in (out / name).read_text(), name
-        return json.loads((out / "summary.json").read_text())["cost"]
+        summary = json.loads((out / "summary.json").read_text())
+        return {**summary["cost"], "questions": summary["questions"]}
 
     first = evaluate(tmp_path / "a")
     sent = len(serp_server.requests)
-    assert first["searches"] >= 4 and first["search_calls"] >= first["searches"]
+    assert first["questions"] == 4 and first["searches"] >= 1 and first["search_calls"] >= first["searches"]
     assert first["engine_calls_sent"] == first["search_calls"] - first["cache_hits"] == sent
     second = evaluate(tmp_path / "b")
     assert len(serp_server.requests) == sent  # nothing new went out
