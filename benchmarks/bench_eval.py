@@ -32,7 +32,7 @@ def main() -> int:
     ap.add_argument("--args", default="", help="extra KEY VALUE pairs for scripts/evaluate.sh")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench_eval-"))
-    outs, names = [], []
+    outs, names, recs = [], [], []
     for model in a.models:
         name = "base" if model == "embedded" else Path(model.rstrip("/")).name
         out = tmp / name
@@ -56,19 +56,30 @@ def main() -> int:
                "f1": {s: f["f1"] for s, f in res["sources"].items()} | {"avg": res["avg"]["f1"]},
                "answer_rate": res["avg"]["has_answer"], "searches_per_question": res["avg"]["num_searches"],
                "machine": machine_info()}
-        append_record(RESULTS / "bench_eval.jsonl", rec)
+        recs.append(append_record(RESULTS / "bench_eval.jsonl", rec))
         outs.append(str(out))
         names.append(name)
         print(f"{model}: {summary['questions']} questions at {summary['questions_per_s']:.2f} questions/s", flush=True)
     cmp = subprocess.run([sys.executable, "-m", "zerosearch.eval", "--compare", *outs], cwd=ROOT,
                          capture_output=True, text=True, check=True)
-    info = machine_info()
-    text = (f"# bench_eval ({info['date']}, {info['cpu']}, {info['cores']} cores)\n\n"
-            f"`.venv/bin/python benchmarks/bench_eval.py {' '.join(sys.argv[1:])}`".rstrip() + "\n\n"
-            + portable(cmp.stdout))
-    (RESULTS / "bench_eval.md").write_text(text.rstrip() + "\n")
-    print(cmp.stdout)
+    text = render(recs, names, cmp.stdout, " ".join(sys.argv[1:]))
+    (RESULTS / "bench_eval.md").write_text(text)
+    print(text)
     return 0
+
+
+def render(recs: list[dict], names: list[str], compare: str, argv: str) -> str:
+    """The results page: the command, the host, speed and behaviour per model, then `--compare`'s tables."""
+    info = recs[0]["machine"]
+    lines = [f"# bench_eval ({info['date'][:10]}, {info['cpu']}, {info['cores']} cores)", "",
+             f"`.venv/bin/python benchmarks/bench_eval.py {argv}`".replace(" `", "`"), "",
+             "| model | questions | questions/s | generation s | answer rate | searches / question | policy tokens |",
+             "|---|---|---|---|---|---|---|"]
+    for rec, name in zip(recs, names):
+        lines.append(f"| {name} | {rec['questions']} | {rec['questions_per_s']:.2f} | {rec['generation_s']:.0f} | "
+                     f"{100 * rec['answer_rate']:.1f}% | {rec['searches_per_question']:.2f} | "
+                     f"{rec['cost']['tokens_generated']} |")
+    return "\n".join(lines) + "\n\n" + portable(compare).rstrip() + "\n"
 
 
 if __name__ == "__main__":
