@@ -337,6 +337,12 @@ def _stop_trainer(proc: subprocess.Popen, exc: BaseException, grace_s: float = 6
 
     signum = getattr(exc, "signum", signal.SIGINT)
     try:
+        if signum == signal.SIGINT:  # Ctrl-C reached the trainer too (same process group): let it clean up first
+            try:
+                proc.wait(timeout=15)
+                return reaper.exit_code(exc)
+            except subprocess.TimeoutExpired:
+                pass
         proc.send_signal(signum)
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
