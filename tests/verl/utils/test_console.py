@@ -178,7 +178,9 @@ def test_a_kill_by_rays_memory_monitor_names_worker_memory_and_limit(tmp_path):
                   r"over Ray's kill threshold of ([\d.]+)% \(([\d.]+) GB\)\.", console)
     assert m, console
     used, total, threshold_gb = float(m.group(3)), float(m.group(4)), float(m.group(6))
-    assert 0 < threshold_gb <= used <= total
+    # Ray's report takes the machine's use after its decision (the monitor samples every 100 ms and the killed
+    # worker's pages may already be going): seen 2.18 GB against a 2.22 GB threshold, so allow 10% under it
+    assert 0 < 0.9 * threshold_gb <= used <= total
     assert f"No complete checkpoint in {tmp_path} yet" in console
     assert "To lower memory: " in console and "data.max_response_length (now 256)" in console
     assert "Top 10 memory users" in log and "Top 10 memory users" not in console  # Ray's raw report: the log only
