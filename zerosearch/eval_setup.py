@@ -292,18 +292,13 @@ def build_search(setup: Setup, server_log: Path):
 
 def build_engine(setup: Setup):
     """The trainer's rollout engine, in this process (vLLM spawns its engine process; HF runs here)."""
-    from verl.workers.rollout import build_rollout_engine, rollout_dtype
+    from verl.workers.rollout import engine_from_config
 
-    cfg = setup.cfg
-    r = cfg.actor_rollout_ref.rollout
+    r = setup.cfg.actor_rollout_ref.rollout
     if r.name == "vllm" and setup.device == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(r.kv_cache_space_gb))
-    return build_rollout_engine(
-        r.name, setup.model_dir, device=setup.device, dtype=rollout_dtype(r.dtype), seed=cfg.trainer.seed,
-        kv_cache_space_gb=r.kv_cache_space_gb, gpu_memory_utilization=r.gpu_memory_utilization,
-        max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length, max_num_seqs=r.max_num_seqs,
-        enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_model_parallel_size,
-        cpu_threads=os.cpu_count() if setup.device == "cpu" else None)
+    return engine_from_config(setup.cfg, setup.model_dir, device=setup.device, seed=setup.cfg.trainer.seed,
+                              cpu_threads=os.cpu_count() if setup.device == "cpu" else None)
 
 
 def build_parts(setup: Setup, server_log: Path) -> Parts:

@@ -99,16 +99,11 @@ class ActorRolloutRefWorker(_FSDPWorker):
             self.ref = DataParallelPPOActor(ref_module, None, None, arr.actor, rollout_n=arr.rollout.n,
                                             device=self.device)
         if build_rollout:
-            from verl.workers.rollout import build_rollout_engine, rollout_dtype
+            from verl.workers.rollout import engine_from_config
 
-            r = arr.rollout
-            self.rollout = build_rollout_engine(
-                r.name, resolve_model_path(arr.model.path), device=self.device_type, dtype=rollout_dtype(r.dtype),
-                seed=cfg.trainer.seed + self.rank,
-                kv_cache_space_gb=r.kv_cache_space_gb, gpu_memory_utilization=r.gpu_memory_utilization,
-                max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length, max_num_seqs=r.max_num_seqs,
-                enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_model_parallel_size, rank=self.rank,
-                world_size=self.world_size, cpu_threads=self.threads)
+            self.rollout = engine_from_config(cfg, resolve_model_path(arr.model.path), device=self.device_type,
+                                              seed=cfg.trainer.seed + self.rank, rank=self.rank,
+                                              world_size=self.world_size, cpu_threads=self.threads)
             torch.set_num_threads(self.threads)  # an engine may have changed it
         logger.info("rank %d: actor%s%s ready on %s", self.rank, " + ref" if self.ref else "",
                     f" + {arr.rollout.name} rollout" if self.rollout else "", self.device)

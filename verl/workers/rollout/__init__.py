@@ -21,7 +21,7 @@ ROLLOUT_DTYPES = {"auto": None, "fp32": torch.float32, "float32": torch.float32,
                   "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
 __all__ = ["ROLLOUT_DTYPES", "ROLLOUT_ENGINES", "GenOutput", "RolloutEngine", "SamplingParams", "build_rollout_engine",
-           "rollout_dtype"]
+           "engine_from_config", "rollout_dtype"]
 
 
 def rollout_dtype(name: str) -> torch.dtype | None:
@@ -83,3 +83,16 @@ def build_rollout_engine(
             cpu_threads=cpu_threads,
         )
     raise ValueError(f"actor_rollout_ref.rollout.name={name!r} is not a rollout engine; valid: {list(ROLLOUT_ENGINES)}")
+
+
+def engine_from_config(cfg, model_dir: str, *, device: str, seed: int, rank: int = 0, world_size: int = 1,
+                       cpu_threads: int | None = None) -> RolloutEngine:
+    """The engine `actor_rollout_ref.rollout` describes for the trainer config `cfg` (a rollout worker's, or the
+    evaluating process's): its name, dtype, KV cache / GPU share, sequence limits and parallelism."""
+    r = cfg.actor_rollout_ref.rollout
+    return build_rollout_engine(
+        r.name, model_dir, device=device, dtype=rollout_dtype(r.dtype), seed=seed,
+        kv_cache_space_gb=r.kv_cache_space_gb, gpu_memory_utilization=r.gpu_memory_utilization,
+        max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length, max_num_seqs=r.max_num_seqs,
+        enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_model_parallel_size, rank=rank,
+        world_size=world_size, cpu_threads=cpu_threads)
