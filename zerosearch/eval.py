@@ -31,6 +31,8 @@ from pathlib import Path
 
 from verl.trainer.config import ConfigError
 from verl.utils import console
+from verl.utils.checkpoint import atomic_write_text
+from verl.utils.tracking import read_jsonl
 from zerosearch.eval_setup import COMMON_KEYS, ROOT, Setup, UsageError, build_setup, parse_keys, usage, verbose
 
 logger = logging.getLogger("zerosearch.eval")
@@ -100,20 +102,6 @@ def resolve_out(value: str, setup: Setup) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------- files
-def read_jsonl(path: Path) -> list[dict]:
-    """Records in file order; a line cut short by a kill is skipped."""
-    out = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-    return out
-
-
 def append_jsonl(path: Path, records: list[dict]) -> None:
     """Append whole lines and make them durable before the batch is committed."""
     with open(path, "a", encoding="utf-8") as f:
@@ -123,17 +111,11 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def check_settings(out: Path, settings: dict) -> None:
     """The first run in OUT writes its settings; a later run must have the same ones (it resumes that evaluation)."""
     path = out / SETTINGS
     if not path.exists():
-        write_atomic(path, json.dumps(settings, indent=2, sort_keys=True))
+        atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True))
         return
     old = json.loads(path.read_text())
     diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
@@ -146,7 +128,8 @@ def check_settings(out: Path, settings: dict) -> None:
 def committed(out: Path, batches: list[list[int]], n: int) -> dict[int, list[dict]]:
     """Batches committed by earlier runs (their records complete), and the records file rewritten to hold only
     theirs (a batch cut by a kill is played again from its start, so its rows meet the same batch-mates)."""
-    marks = {int(b["batch"]) for b in read_jsonl(out / BATCHES) if "batch" in b}
+    all_marks = read_jsonl(out / BATCHES)
+    marks = {int(b["batch"]) for b in all_marks if "batch" in b}
     by_batch: dict[int, list[dict]] = {}
     for r in read_jsonl(out / RECORDS):
         by_batch.setdefault(int(r["batch"]), []).append(r)
@@ -158,9 +141,9 @@ def committed(out: Path, batches: list[list[int]], n: int) -> dict[int, list[dic
             done[b] = sorted(recs, key=lambda r: (r["row"], r["sample"]))
     kept = [r for b in sorted(done) for r in done[b]]
     if (out / RECORDS).exists():
-        write_atomic(out / RECORDS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    marks_kept = [b for b in read_jsonl(out / BATCHES) if int(b.get("batch", -1)) in done]
-    write_atomic(out / BATCHES, "".join(json.dumps(b) + "\n" for b in marks_kept))
+        atomic_write_text(out / RECORDS, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    marks_kept = [b for b in all_marks if int(b.get("batch", -1)) in done]
+    atomic_write_text(out / BATCHES, "".join(json.dumps(b) + "\n" for b in marks_kept))
     return done
 
 
@@ -286,7 +269,7 @@ class Evaluation:
         cfg, n = self.setup.cfg, self.setup.n
         session = f"{os.getpid()}-{int(time.time())}"
         progress.begin("eval", (total_q - done_q) * n, unit="q" if n == 1 else "sample")
-        t0 = time.monotonic()
+        t0, start_q = time.monotonic(), done_q
         for b in todo:
             tb = time.monotonic()
             batch = validation.make_batch(ds, batches[b])
@@ -299,7 +282,7 @@ class Evaluation:
             append_jsonl(self.out / BATCHES, [mark])
             done_q += len(batches[b])
             if not progress.is_live():
-                rate = (done_q - (total_q - sum(len(batches[x]) for x in todo))) / max(time.monotonic() - t0, 1e-9)
+                rate = (done_q - start_q) / max(time.monotonic() - t0, 1e-9)
                 eta = (total_q - done_q) / rate if rate > 0 else float("nan")
                 show(f"eval: {done_q}/{total_q} questions, {rate:.2f} questions/s, ETA {eta:.0f} s")
         if progress.is_live():
@@ -396,8 +379,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "greedy" if s["temperature"] == 0 else f"N={s['n']}, T={s['temperature']:g}"
     title = f"{model_label(setup)} · {s['search_engine']} search · {mode}"
     table = format_table(summary["results"], s["n"], title)
-    write_atomic(out / SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False))
-    write_atomic(out / TABLE, table + "\n")
+    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2, ensure_ascii=False))
+    atomic_write_text(out / TABLE, table + "\n")
     qps = summary["questions_per_s"] or 0.0
     print(f"\n{table}\n\n{summary['questions']} questions, {qps:.2f} questions/s; {summary['cost']['searches']} "
           f"searches ({summary['cost']['engine_calls_sent']} sent to the engine), "

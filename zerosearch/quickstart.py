@@ -16,7 +16,6 @@ move to `<dir>.previous`.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 
 from verl.trainer.ppo.metrics import DATASET_AVG
 from verl.utils import checkpoint as ckpt
+from verl.utils.tracking import read_jsonl
 from zerosearch import launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,16 +41,7 @@ QUICKSTART_ARGS = [
 
 def read_val_rows(metrics_path: Path) -> list[dict]:
     """Validation records in log order; a line cut short by a kill is skipped."""
-    rows = []
-    if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and any(k.startswith("val/") for k in rec):
-                rows.append(rec)
-    return rows
+    return [rec for rec in read_jsonl(metrics_path) if any(k.startswith("val/") for k in rec)]
 
 
 def before_after(rows: list[dict]) -> tuple[dict, dict] | None:

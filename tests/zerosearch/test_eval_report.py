@@ -9,6 +9,7 @@ import random
 
 import pytest
 
+from verl.utils.tracking import read_jsonl
 from zerosearch import eval as ev
 from zerosearch.eval_report import compare_tables, format_table, ks_for, pass_at_k, source_order, summarize
 from zerosearch.eval_setup import UsageError, parse_keys, resolve_model
@@ -97,7 +98,7 @@ def test_committed_keeps_whole_batches_only(tmp_path):
     ev.append_jsonl(tmp_path / ev.BATCHES, [{"batch": 0, "seconds": 1.0}])  # batch 1 was never committed
     done = ev.committed(tmp_path, batches, n=1)
     assert sorted(done) == [0]
-    kept = ev.read_jsonl(tmp_path / ev.RECORDS)
+    kept = read_jsonl(tmp_path / ev.RECORDS)
     assert [(r["batch"], r["row"]) for r in kept] == [(0, 0), (0, 1)]
     assert (tmp_path / ev.RECORDS).read_text().endswith("\n")
 

@@ -36,8 +36,13 @@ def step_dir(root: str | Path, step: int) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers see the old or the new file, never a
+    half-written one. The file gets the usual permissions (0o666 less the umask), not mkstemp's 0o600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     with os.fdopen(fd, "w") as f:
         f.write(text)
         f.flush()

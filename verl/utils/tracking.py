@@ -29,6 +29,21 @@ SECRET_MARKERS = ("api_key", "apikey", "secret", "token", "password", "serpapi_k
 KNOWN_BACKENDS = ("console", "jsonl", "wandb")
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSONL file in order ([] when it does not exist); a line cut short by a kill is skipped."""
+    out = []
+    path = Path(path)
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+    return out
+
+
 def redact(obj: Any) -> Any:
     """A deep copy of a config with every secret-looking value replaced by '***'."""
     if isinstance(obj, dict):
