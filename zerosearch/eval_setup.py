@@ -231,9 +231,9 @@ def training_mismatches(setup: Setup) -> list[str]:
         trained = json.loads(saved.read_text())
     except (OSError, ValueError):
         return []
-    from zerosearch.generation_factory import _config_section
+    from zerosearch.generation_factory import config_section
 
-    mine = {"search": _config_section(setup.cfg, "search"), "data": dataclasses.asdict(setup.cfg.data)}
+    mine = {"search": config_section(setup.cfg, "search"), "data": dataclasses.asdict(setup.cfg.data)}
     out = []
     for section, key, shown in TRAINED_WITH:
         was, now = (trained.get(section) or {}).get(key), mine[section].get(key)
@@ -272,17 +272,14 @@ def build_search(setup: Setup, server_log: Path):
     """The evaluation's search backend (`search.val_mode`, no noise), and a simulation server if this command had
     to start one (`SEARCH_ENGINE simulate_*` with nothing answering at IP:PORT)."""
     from zerosearch import launch
-    from zerosearch.generation_factory import _config_section, split_search_section
+    from zerosearch.generation_factory import val_search_config
     from zerosearch.search import build_search_backend
-    from zerosearch.search.config import SearchConfig
 
     server = None
     if setup.engine in launch.SIM_MODES:
         server = launch._ensure_simulator({**setup.values, "SEARCH_MODE": setup.engine}, server_log)
-    _, _, backend_keys, val_overrides, _ = split_search_section(_config_section(setup.cfg, "search"))
-    try:
-        backend = build_search_backend(SearchConfig.from_any({**backend_keys, **val_overrides,
-                                                               "mode": setup.engine}))
+    try:  # search.val_mode is the engine: build_setup sets it
+        backend = build_search_backend(val_search_config(setup.cfg))
     except BaseException:
         if server is not None:
             server.stop()
@@ -331,13 +328,12 @@ def build_parts(setup: Setup, server_log: Path) -> Parts:
 def settings_record(setup: Setup) -> dict:
     """The settings that decide the results (a resumed evaluation must match them), for the summary. No secrets: the
     search section goes through `SearchConfig.to_dict`, which leaves the SerpAPI key out."""
-    from zerosearch.generation_factory import _config_section
-    from zerosearch.search.config import SearchConfig
+    from zerosearch.generation_factory import config_section, val_search_config
 
     cfg = setup.cfg
-    search = _config_section(cfg, "search")
-    search = {**SearchConfig.from_any({k: search[k] for k in search if k in _search_fields()}).to_dict(),
-              **{k: search[k] for k in ("max_turns", "observation_format", "final_turn") if k in search}}
+    section = config_section(cfg, "search")
+    search = {**val_search_config(cfg).to_dict(),
+              **{k: section[k] for k in ("max_turns", "observation_format", "final_turn") if k in section}}
     search.pop("serpapi_key", None)
     return {
         "model": setup.values["MODEL_PATH"], "model_dir": setup.model_dir, "model_kind": setup.model_kind,
@@ -349,9 +345,3 @@ def settings_record(setup: Setup) -> dict:
         "max_obs_length": cfg.data.max_obs_length, "data_files": setup.data_files,
         "reward": dict(getattr(cfg, "reward", None) or {}), "search": search,
     }
-
-
-def _search_fields() -> set[str]:
-    from zerosearch.search.config import SearchConfig
-
-    return {f.name for f in dataclasses.fields(SearchConfig)}

@@ -49,7 +49,7 @@ def _as_dict(section: Any, name: str) -> dict[str, Any]:
     return dict(section)
 
 
-def _config_section(config, name: str) -> dict[str, Any]:
+def config_section(config, name: str) -> dict[str, Any]:
     """`config.<name>` (PPOConfig's plugged-component sections), else `config.extra[name]`, else {}."""
     value = getattr(config, name, None)
     if value is None:
@@ -67,17 +67,29 @@ def split_search_section(section: Mapping[str, Any]) -> tuple[dict, dict, dict, 
     return gen, curriculum, section, val_overrides, val_mode
 
 
-def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = None,
-                           val_backend: SearchBackend | None = None, **overrides: Any) -> Callable[..., DataProto]:
-    from zerosearch.search import build_search_backend
+def _backend_configs(backend_keys: dict, val_overrides: dict, val_mode: str | None):
+    """(training backend, validation backend) configs: validation uses `val_mode` (default: the training mode if it
+    is a real engine, else "local") with the `val` overrides."""
     from zerosearch.search.config import SearchConfig
-
-    section = {**_config_section(config, "search"), **overrides}
-    gen_keys, curriculum_keys, backend_keys, val_overrides, val_mode = split_search_section(section)
 
     train_search = SearchConfig.from_any(backend_keys)
     val_mode = val_mode or (train_search.mode if train_search.mode not in SIMULATED_MODES else "local")
-    val_search = SearchConfig.from_any({**backend_keys, **val_overrides, "mode": val_mode})
+    return train_search, SearchConfig.from_any({**backend_keys, **val_overrides, "mode": val_mode})
+
+
+def val_search_config(config):
+    """The `SearchConfig` of the validation backend the rollout builds for `config` (what evaluation searches)."""
+    _, _, backend_keys, val_overrides, val_mode = split_search_section(config_section(config, "search"))
+    return _backend_configs(backend_keys, val_overrides, val_mode)[1]
+
+
+def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = None,
+                           val_backend: SearchBackend | None = None, **overrides: Any) -> Callable[..., DataProto]:
+    from zerosearch.search import build_search_backend
+
+    section = {**config_section(config, "search"), **overrides}
+    gen_keys, curriculum_keys, backend_keys, val_overrides, val_mode = split_search_section(section)
+    train_search, val_search = _backend_configs(backend_keys, val_overrides, val_mode)
 
     data = config.data
     gen_cfg = GenerationConfig.from_dict({
@@ -92,7 +104,7 @@ def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = No
     schedule = None
     if train_search.mode in SIMULATED_MODES:
         steps = max(1, int(config.trainer.total_training_steps))
-        curriculum = {**_config_section(config, "curriculum"), "total_steps": steps, **curriculum_keys}
+        curriculum = {**config_section(config, "curriculum"), "total_steps": steps, **curriculum_keys}
         schedule = NoiseCurriculum(CurriculumConfig.from_dict(curriculum, section="search"))
         logger.info("search rollout: noise curriculum %r", schedule)
     logger.info("search rollout: train mode=%s, val mode=%s, max_turns=%d, format=%s",
