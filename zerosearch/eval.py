@@ -33,12 +33,13 @@ from verl.trainer.config import ConfigError
 from verl.utils import console
 from verl.utils.checkpoint import atomic_write_text
 from verl.utils.tracking import read_jsonl
-from zerosearch.eval_setup import COMMON_KEYS, ROOT, Setup, UsageError, build_setup, parse_keys, usage, verbose
+from zerosearch.eval_setup import COMMON_KEYS, ROOT, Setup, UsageError, build_setup, parse_keys, usage
+from zerosearch.launch import parse_bool
 
 logger = logging.getLogger("zerosearch.eval")
 
 KEYS: dict[str, tuple[str, str]] = {
-    **{k: COMMON_KEYS[k] for k in ("MODEL_PATH",)},
+    "MODEL_PATH": COMMON_KEYS["MODEL_PATH"],
     "DATA_PATH": ("data/embedded", "a test parquet, or a directory: its test.parquet, else its *.parquet (train* "
                                    "left out), else its */test.parquet"),
     **{k: v for k, v in COMMON_KEYS.items() if k != "MODEL_PATH"},
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}\n\n{usage('python -m zerosearch.eval', KEYS)}", file=sys.stderr)
         return 2
-    stdout, stderr = console.setup_command_logging(out / LOG, v["LOG_LEVEL"], verbose(v))
+    stdout, stderr = console.setup_command_logging(out / LOG, v["LOG_LEVEL"], parse_bool(v["VERBOSE"], "VERBOSE"))
     from verl.utils import reaper
 
     reaper.guard()  # SIGTERM / SIGHUP like Ctrl-C; nothing this starts (engine, simulation server) outlives it

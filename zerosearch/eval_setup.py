@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from verl.trainer.config import ConfigError, PPOConfig
-from zerosearch.launch import TRUE_WORDS, UsageError, parse_bool
+from zerosearch.launch import UsageError, parse_bool, parse_key_values
 
 logger = logging.getLogger(__name__)
 
@@ -54,25 +54,9 @@ COMMON_KEYS: dict[str, tuple[str, str]] = {
 
 
 def parse_keys(argv: list[str], keys: dict[str, tuple[str, str]]) -> tuple[dict[str, str], list[str], list[str]]:
-    """`KEY VALUE` pairs, `a.b=c` overrides and the remaining positional words -> (values with defaults, overrides,
-    words). Unknown keys (upper case words) and missing values are UsageErrors."""
-    values, overrides, words, i = {}, [], [], 0
-    while i < len(argv):
-        tok = argv[i]
-        if "=" in tok and not tok.startswith("=") and not tok.startswith("-"):
-            overrides.append(tok)
-            i += 1
-        elif tok in keys:
-            if i + 1 >= len(argv) or argv[i + 1] in keys:
-                raise UsageError(f"key {tok} has no value")
-            values[tok] = argv[i + 1]
-            i += 2
-        elif tok.isupper() and tok.replace("_", "").isalnum() and len(tok) > 1:
-            raise UsageError(f"unknown key {tok!r}")
-        else:
-            words.append(tok)
-            i += 1
-    return {k: values.get(k, d) for k, (d, _) in keys.items()}, overrides, words
+    """The train scripts' parser (`zerosearch.launch.parse_key_values`), with positional words allowed (a question):
+    (values with defaults, overrides, words)."""
+    return parse_key_values(argv, keys, allow_words=True)
 
 
 def usage(prog: str, keys: dict[str, tuple[str, str]], extra: str = "") -> str:
@@ -171,8 +155,7 @@ def build_setup(v: dict[str, str], overrides: list[str], data_files: list[str], 
         raise UsageError(f"TEMPERATURE must be >= 0, got {temperature}")
     if n > 1 and temperature == 0:
         raise UsageError(f"N {n} with TEMPERATURE 0 gives {n} identical greedy answers: set TEMPERATURE > 0 or N 1")
-    for k in ("VERBOSE",):
-        parse_bool(v[k], k)
+    parse_bool(v["VERBOSE"], "VERBOSE")
     max_turns, topk = _int(v, "MAX_TURNS", 0), _int(v, "TOPK", 1)
     port, seed = _int(v, "PORT", 1), _int(v, "SEED")
     top_p = _float(v, "TOP_P")
@@ -240,10 +223,6 @@ def training_mismatches(setup: Setup) -> list[str]:
         if was is not None and now is not None and was != now:
             out.append(f"{shown} {now!r} (trained with {was!r})")
     return out
-
-
-def verbose(v: dict[str, str]) -> bool:
-    return str(v.get("VERBOSE", "false")).strip().lower() in TRUE_WORDS
 
 
 # ---------------------------------------------------------------------------------------------------------- parts

@@ -33,8 +33,8 @@ from zerosearch.eval_setup import (
     build_setup,
     parse_keys,
     usage,
-    verbose,
 )
+from zerosearch.launch import parse_bool
 
 logger = logging.getLogger("zerosearch.infer")
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None, stdin=None) -> int:
         print(f"error: {e}\n\n{usage('python -m zerosearch.infer [QUESTION]', KEYS)}", file=sys.stderr)
         return 2
     log = Path(v["LOG"]) if v["LOG"] != "auto" else ROOT / "eval" / "infer.log"
-    out, err = console.setup_command_logging(log, v["LOG_LEVEL"], verbose(v))
+    out, err = console.setup_command_logging(log, v["LOG_LEVEL"], parse_bool(v["VERBOSE"], "VERBOSE"))
     from verl.utils import reaper
 
     reaper.guard()

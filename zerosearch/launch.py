@@ -100,26 +100,38 @@ def usage(algo: str) -> str:
     return "\n".join(lines)
 
 
+def parse_key_values(argv: list[str], keys: dict[str, tuple[str, str]],
+                     allow_words: bool = False) -> tuple[dict[str, str], list[str], list[str]]:
+    """`KEY VALUE` pairs and `a.b=c` overrides -> (every key's value, its default when not given; the overrides;
+    other words). Without `allow_words` any other word is an unknown key and -h / --help is UsageError("help"); with
+    it (a command that also takes a question), only an upper-case word is taken for a mistyped key, and words
+    starting with '-' are never overrides. A key without a value is a UsageError."""
+    values, overrides, words, i = {}, [], [], 0
+    while i < len(argv):
+        tok = argv[i]
+        if "=" in tok and not tok.startswith("=") and not (allow_words and tok.startswith("-")):
+            overrides.append(tok)
+            i += 1
+        elif not allow_words and tok in ("-h", "--help"):
+            raise UsageError("help")
+        elif tok in keys:
+            if i + 1 >= len(argv) or argv[i + 1] in keys:
+                raise UsageError(f"key {tok} has no value")
+            values[tok] = argv[i + 1]
+            i += 2
+        elif not allow_words or (tok.isupper() and tok.replace("_", "").isalnum() and len(tok) > 1):
+            raise UsageError(f"unknown key {tok!r}")
+        else:
+            words.append(tok)
+            i += 1
+    return {k: values.get(k, default) for k, (default, _) in keys.items()}, overrides, words
+
+
 def parse_args(algo: str, argv: list[str]) -> Launch:
     if algo not in ALGOS:
         raise UsageError(f"unknown algorithm {algo!r}; valid: {', '.join(ALGOS)}")
-    values, passthrough, i = {}, [], 0
-    while i < len(argv):
-        tok = argv[i]
-        if "=" in tok and not tok.startswith("="):
-            passthrough.append(tok)
-            i += 1
-            continue
-        if tok in ("-h", "--help"):
-            raise UsageError("help")
-        if tok not in KEYS:
-            raise UsageError(f"unknown key {tok!r}")
-        if i + 1 >= len(argv) or argv[i + 1] in KEYS:
-            raise UsageError(f"key {tok} has no value")
-        values[tok] = argv[i + 1]
-        i += 2
-    merged = {k: values.get(k, v[0]) for k, v in KEYS.items()}
-    return Launch(algo, merged, passthrough)
+    values, passthrough, _ = parse_key_values(argv, KEYS)
+    return Launch(algo, values, passthrough)
 
 
 def parse_bool(value: str, key: str) -> bool:
