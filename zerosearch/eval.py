@@ -213,7 +213,7 @@ class Evaluation:
 
     def run(self, show) -> dict:
         from verl.trainer.ppo import validation
-        from verl.utils.dataset import PromptDataset
+        from verl.utils.dataset import PromptDataset, prompt_options
         from zerosearch.data.schema import check_dataframe
         from zerosearch.eval_memory import check_memory
         from zerosearch.eval_report import summarize
@@ -233,11 +233,8 @@ class Evaluation:
             logger.warning("this checkpoint's run trained with other rollout settings: %s", m, extra=console.SHOW)
         parts = build_parts(setup, self.out / "simulation_server.log")
         try:
-            d = cfg.data
-            ds = PromptDataset(setup.data_files, parts.tokenizer, key="DATA_PATH", prompt_key=d.prompt_key,
-                               max_prompt_length=d.max_prompt_length, truncation=d.truncation,
-                               apply_chat_template=d.apply_chat_template, check=check_dataframe,
-                               assistant_prefix=d.assistant_prefix)
+            ds = PromptDataset(setup.data_files, parts.tokenizer, key="DATA_PATH", check=check_dataframe,
+                               **prompt_options(cfg.data))
             rows = select_rows([str(r["data_source"]) for r in ds.rows], self.max_samples)
             batches = [rows[i: i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
             done = committed(self.out, batches, n)

@@ -148,14 +148,11 @@ def render(result: dict) -> str:
 def play(setup, parts, questions: list[tuple[str, list[str]]], style: str):
     """Yield one result dict per question, in order."""
     from verl.trainer.ppo import validation
-    from verl.utils.dataset import PromptDataset
+    from verl.utils.dataset import PromptDataset, prompt_options
     from verl.utils.plain import to_plain
 
-    d = setup.cfg.data
-    ds = PromptDataset.from_dataframe(question_frame(questions, style), parts.tokenizer, prompt_key=d.prompt_key,
-                                      max_prompt_length=d.max_prompt_length, truncation=d.truncation,
-                                      apply_chat_template=d.apply_chat_template, key="question",
-                                      assistant_prefix=d.assistant_prefix)
+    ds = PromptDataset.from_dataframe(question_frame(questions, style), parts.tokenizer, key="question",
+                                      **prompt_options(setup.cfg.data))
     params = validation.val_sampling_params(setup.cfg)
     for start in range(0, len(questions), BATCH):
         idx = list(range(start, min(start + BATCH, len(questions))))

@@ -26,6 +26,13 @@ logger = logging.getLogger(__name__)
 PASSTHROUGH = ("question", "golden_answers", "data_source", "ability", "reward_model", "extra_info", "id")
 
 
+def prompt_options(data) -> dict:
+    """The `data` config keys that decide how a row becomes a prompt (for `PromptDataset` and `from_dataframe`), so
+    training, validation, evaluation and inference tokenise a question the same way."""
+    return dict(prompt_key=data.prompt_key, max_prompt_length=data.max_prompt_length, truncation=data.truncation,
+                apply_chat_template=data.apply_chat_template, assistant_prefix=data.assistant_prefix)
+
+
 class PromptDataset:
     """All rows of one or more parquet files, tokenised."""
 

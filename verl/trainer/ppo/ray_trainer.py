@@ -28,7 +28,7 @@ from verl.trainer.ppo.components import WorkerGroupEngine
 from verl.trainer.ppo.metrics import aggregate_by_source, compute_data_metrics, compute_throughput_metrics
 from verl.utils import checkpoint as ckpt
 from verl.utils import memory_usage, progress
-from verl.utils.dataset import BatchIterator, PromptDataset
+from verl.utils.dataset import BatchIterator, PromptDataset, prompt_options
 from verl.utils.plain import to_plain
 from verl.utils.timing import timer
 from verl.workers.rollout.base import SamplingParams
@@ -51,9 +51,7 @@ class RayPPOTrainer:
         self.tracker = tracker
         self.engine = WorkerGroupEngine(actor_wg)
         d = config.data
-        common = dict(prompt_key=d.prompt_key, max_prompt_length=d.max_prompt_length, truncation=d.truncation,
-                      apply_chat_template=d.apply_chat_template, check=dataset_check,
-                      assistant_prefix=d.assistant_prefix)
+        common = dict(**prompt_options(d), check=dataset_check)
         self.train_ds = PromptDataset(d.train_files, tokenizer, key="data.train_files", **common)
         self.val_ds = (PromptDataset(d.val_files, tokenizer, key="data.val_files", max_samples=d.val_max_samples,
                                      **common) if d.val_files else None)
