@@ -52,12 +52,9 @@ def _sim_dir(name: str) -> str:
 
 
 def _server_to_start(setup: Setup) -> bool:
-    from zerosearch.launch import _local_model
-    from zerosearch.search.server_launch import is_healthy
+    from zerosearch.launch import _local_model, simulator_answers
 
-    ips = [ip.strip() for ip in setup.values["IP"].split(",") if ip.strip()]
-    healthy = all(is_healthy(f"http://{ip}:{int(setup.values['PORT'])}") for ip in ips)
-    return not healthy and _local_model(setup.values["SIMULATION_LLM"])
+    return not simulator_answers(setup.values) and _local_model(setup.values["SIMULATION_LLM"])
 
 
 def check_memory(setup: Setup, batch_size: int) -> dict[str, float]:

@@ -383,17 +383,27 @@ def _server_gb(server, model: str, cpu: bool) -> float:
     return max(measured, planned) / GB
 
 
+def _ips(v: dict[str, str]) -> list[str]:
+    return [ip.strip() for ip in v["IP"].split(",") if ip.strip()]
+
+
+def simulator_answers(v: dict[str, str]) -> bool:
+    """A simulation server answers at every one of `IP` (comma-separated) on `PORT`."""
+    from zerosearch.search.server_launch import is_healthy
+
+    return all(is_healthy(f"http://{ip}:{int(v['PORT'])}") for ip in _ips(v))
+
+
 def _ensure_simulator(v: dict[str, str], log_path: Path):
     """Start a local simulation server (output: `log_path`) when the mode needs one and none answers at IP:PORT."""
     if not _simulator_needed(v):
         return None
-    from zerosearch.search.server_launch import is_healthy, start_simulation_server
+    from zerosearch.search.server_launch import start_simulation_server
 
-    ips = [ip.strip() for ip in v["IP"].split(",") if ip.strip()]
     port = int(v["PORT"])
-    if all(is_healthy(f"http://{ip}:{port}") for ip in ips):
+    if simulator_answers(v):
         return None
-    if not _local_model(v["SIMULATION_LLM"]) or any(ip not in ("127.0.0.1", "localhost") for ip in ips):
+    if not _local_model(v["SIMULATION_LLM"]) or any(ip not in ("127.0.0.1", "localhost") for ip in _ips(v)):
         raise SystemExit(f"no simulation server answers at {v['IP']}:{port}; start one with "
                          "scripts/launch_simulation_server.sh or set SIMULATION_LLM to a local model")
     logger.info("no simulator at 127.0.0.1:%d: serving %s for this run", port, v["SIMULATION_LLM"])
