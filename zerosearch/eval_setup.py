@@ -214,7 +214,7 @@ def training_mismatches(setup: Setup) -> list[str]:
         trained = json.loads(saved.read_text())
     except (OSError, ValueError):
         return []
-    from zerosearch.generation_factory import config_section
+    from zerosearch.rollout.factory import config_section
 
     mine = {"search": config_section(setup.cfg, "search"), "data": dataclasses.asdict(setup.cfg.data)}
     out = []
@@ -251,7 +251,7 @@ def build_search(setup: Setup, server_log: Path):
     """The evaluation's search backend (`search.val_mode`, no noise), and a simulation server if this command had
     to start one (`SEARCH_ENGINE simulate_*` with nothing answering at IP:PORT)."""
     from zerosearch import launch
-    from zerosearch.generation_factory import val_search_config
+    from zerosearch.rollout.factory import val_search_config
     from zerosearch.search import build_search_backend
 
     server = None
@@ -280,7 +280,7 @@ def build_engine(setup: Setup):
 def build_parts(setup: Setup, server_log: Path) -> Parts:
     from transformers import AutoTokenizer
 
-    from zerosearch.generation_factory import make_search_rollout_fn
+    from zerosearch.rollout.factory import make_search_rollout_fn
     from zerosearch.reward_fn import make_reward_fn
 
     try:
@@ -307,7 +307,7 @@ def build_parts(setup: Setup, server_log: Path) -> Parts:
 def settings_record(setup: Setup) -> dict:
     """The settings that decide the results (a resumed evaluation must match them), for the summary. No secrets: the
     search section goes through `SearchConfig.to_dict`, which leaves the SerpAPI key out."""
-    from zerosearch.generation_factory import config_section, val_search_config
+    from zerosearch.rollout.factory import config_section, val_search_config
 
     cfg = setup.cfg
     section = config_section(cfg, "search")

@@ -1,22 +1,19 @@
-"""Settings and action parsing of the multi-turn search rollout (`zerosearch.generation`).
+"""Settings of the multi-turn search rollout (`zerosearch.rollout`).
 
-`GenerationConfig` holds every knob of the loop (turns, length budgets, observation format, stop strings,
-corrective message, final-turn and EOS behaviour); it is validated once, with errors that name the key.
-`parse_action` reads the policy's action from the text of one turn.
-
-Actions: the first complete `<search> q </search>` or `<answer> a </answer>` of a turn's text. A search with
-an empty query is invalid (the original sent the empty string to the engine). A prompt may pre-open a tag
-(an assistant prefix ending in `<search>`, "prefill"); `open_tag_suffix` finds that unclosed tag so the
-first turn's action is parsed from prefix + generated text.
+`GenerationConfig` holds every knob of the loop (turns, length budgets, action and observation format, stop
+strings, corrective message, final-turn and EOS behaviour, the asynchronous loop's search concurrency); it is
+validated once, with errors that name the key. Which loop plays the trajectories (lockstep or asynchronous) is
+the trainer's `actor_rollout_ref.rollout.mode`, not a key of this section.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from verl.utils.config_loader import from_dict
+from zerosearch.rollout.actions import ACTION_FORMATS, ANSWER_STOP, ActionFormat, action_format
 
 OBSERVATION_FORMATS = ("inline", "chat")
 FINAL_TURN_MODES = ("answer", "none")
@@ -26,9 +23,6 @@ DEFAULT_INVALID_MESSAGE = (
     "or answer with <answer> answer </answer>."
 )
 
-_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_OPEN_TAG_AT_END = re.compile(r"<(search|answer)>(?:(?!</?(?:search|answer)>).)*\Z", re.DOTALL)
 
 
 @dataclass
@@ -50,9 +44,12 @@ class GenerationConfig:
         the corrective message is inserted and the policy generates again).
     final_turn: "answer" (one last generation, stop only at `</answer>`) or "none" (trajectories still
         active after max_turns end there).
-    overlap_chunks: 1 (default): each turn generates all active rows, then searches for all of them. C > 1:
-        the batch is split into C chunks that take turns on the engine while the previous chunks' searches run
-        in a background thread (overlap of search with generation; see zerosearch/generation.py).
+    action_format: "tags" (the original's `<search> q </search>`) or "tool_call" (the policy calls a `search`
+        tool, `<tool_call>{"name": "search", "arguments": {"query": q}}</tool_call>` as Qwen2.5 / Hermes templates
+        emit it; the documents come back as a `tool` message; see zerosearch/rollout/actions.py). The answer is
+        `<answer> a </answer>` in both.
+    max_concurrent_searches: the asynchronous loop's bound on backend calls in flight; searches that arrive while
+        all slots are busy are sent together in the next call (one batch), as batch-friendly backends prefer.
     """
 
     max_turns: int = 2
@@ -62,13 +59,14 @@ class GenerationConfig:
     topk: int = 3
     observation_format: str = "inline"
     observation_role: str = "user"
-    stop: list[str] = field(default_factory=lambda: ["</search>", "</answer>"])
-    final_stop: list[str] = field(default_factory=lambda: ["</answer>"])
+    stop: list[str] | None = None  # None: the action format's search stop and </answer>
+    final_stop: list[str] = field(default_factory=lambda: [ANSWER_STOP])
     invalid_action_message: str = DEFAULT_INVALID_MESSAGE
     on_eos_without_action: str = "finish"
     final_turn: str = "answer"
     truncate_prompt: bool = False
-    overlap_chunks: int = 1
+    action_format: str = "tags"
+    max_concurrent_searches: int = 8
 
     def __post_init__(self) -> None:
         self.validate()
@@ -79,11 +77,16 @@ class GenerationConfig:
                 raise ValueError(f"{section}.{key} {msg}")
 
         for key in ("max_turns", "max_prompt_length", "max_response_length", "max_obs_length", "topk",
-                    "overlap_chunks"):
+                    "max_concurrent_searches"):
             value = getattr(self, key)
             low = 0 if key == "max_turns" else 1
             need(isinstance(value, int) and not isinstance(value, bool) and value >= low, key,
                  f"must be an integer >= {low}, got {value!r}")
+        need(self.action_format in ACTION_FORMATS, "action_format",
+             f"must be one of {sorted(ACTION_FORMATS)}, got {self.action_format!r}")
+        search_stop = self.actions.search_stop
+        if self.stop is None:
+            self.stop = [search_stop, ANSWER_STOP]
         need(self.observation_format in OBSERVATION_FORMATS, "observation_format",
              f"must be one of {OBSERVATION_FORMATS}, got {self.observation_format!r}")
         need(self.final_turn in FINAL_TURN_MODES, "final_turn",
@@ -98,56 +101,21 @@ class GenerationConfig:
             need(isinstance(value, (list, tuple)) and all(isinstance(s, str) and s for s in value), key,
                  f"must be a list of non-empty strings, got {value!r}")
             setattr(self, key, list(value))
-        need("</answer>" in self.final_stop, "final_stop", "must contain '</answer>'")
-        need("</search>" not in self.final_stop, "final_stop",
-             "must not contain '</search>': the final turn cannot search")
-        need(self.max_turns == 0 or "</search>" in self.stop, "stop",
-             "must contain '</search>' (otherwise generation runs past the query)")
+        need(ANSWER_STOP in self.final_stop, "final_stop", f"must contain {ANSWER_STOP!r}")
+        need(search_stop not in self.final_stop, "final_stop",
+             f"must not contain {search_stop!r}: the final turn cannot search")
+        need(self.max_turns == 0 or search_stop in self.stop, "stop",
+             f"must contain {search_stop!r} (otherwise generation runs past the query)")
         need(isinstance(self.truncate_prompt, bool), "truncate_prompt", "must be true or false")
         need(self.max_turns > 0 or self.final_turn == "answer", "final_turn",
              "=none with max_turns=0 would generate nothing; raise search.max_turns or use final_turn=answer")
 
+    @property
+    def actions(self) -> ActionFormat:
+        """The action format (`search.action_format`): how a search is written and parsed."""
+        return action_format(self.action_format)
+
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None, section: str = "search") -> GenerationConfig:
-        """Build from a mapping; unknown keys are rejected with the list of known ones."""
-        data = dict(cfg or {})
-        known = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(data) - set(known))
-        if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; known: {known}")
-        obj = cls.__new__(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in data:
-                value = data[f.name]
-            elif f.default_factory is not dataclasses.MISSING:
-                value = f.default_factory()
-            else:
-                value = f.default
-            setattr(obj, f.name, value)
-        obj.validate(section)
-        return obj
-
-
-def parse_action(text: str, prefer_answer: bool = False) -> tuple[str | None, str]:
-    """(kind, content) of the first complete action in `text`: kind "search" / "answer", or (None, "").
-
-    prefer_answer (the final turn): an `<answer>` anywhere wins over an earlier `<search>`, which could not be
-    executed anyway.
-    """
-    if prefer_answer:
-        m = _ANSWER.search(text)
-        if m is not None:
-            return "answer", m.group(1).strip()
-    m = _ACTION.search(text)
-    if m is None:
-        return None, ""
-    kind, content = m.group(1), m.group(2).strip()
-    if kind == "search" and not content:
-        return None, ""
-    return kind, content
-
-
-def open_tag_suffix(text: str) -> str:
-    """The unclosed `<search>` / `<answer>` opening (and what follows it) at the end of `text`, else ""."""
-    m = _OPEN_TAG_AT_END.search(text)
-    return m.group(0) if m else ""
+        """Build from a mapping with the shared loader; errors name `<section>.<key>` and list the known keys."""
+        return from_dict(cls, cfg, f"{section}.")

@@ -1,13 +1,15 @@
 """The trainer's rollout factory: the `search` config section -> a multi-turn search rollout function.
 
 `make_search_rollout_fn(config, tokenizer, **kwargs)` returns `rollout(batch, engine, params, step, validate)`.
-It reads the `search` section (`config.search`, else `config.extra["search"]`; kwargs override single keys)
-and splits it three ways:
+It reads the `search` section (`config.search`; kwargs override single keys) and splits it three ways:
 - rollout keys (`GenerationConfig`: max_turns, observation_format, final_turn, ...); the length budgets come
   from `data.max_prompt_length / max_response_length / max_obs_length`;
-- curriculum keys (schedule, start_threshold, end_threshold, base, total_steps; default total_steps:
-  trainer.total_training_steps), used only by simulated modes (real engines ignore noise: noise_p = 0);
+- curriculum keys (`CurriculumConfig`: schedule, start_threshold, end_threshold, base, total_steps; default
+  total_steps: trainer.total_training_steps), used only by simulated modes (real engines ignore noise: noise_p = 0);
 - everything else is the backend's (`zerosearch.search.SearchConfig`: mode, topk, corpus_path, ips, ...).
+No key is accepted that does nothing: a backend key that neither the training nor the validation backend reads
+(see `register_backend(keys=...)`), or a curriculum key under a real training engine, set to anything but its
+default, is refused naming the key and the modes.
 Validation uses a separate backend, `val_mode` (default: the training mode if it is a real engine, else
 "local", the embedded world's BM25), with `val` holding backend keys that differ for validation. It is built
 on first use, with noise_p = 0. `backend=` / `val_backend=` kwargs inject ready-made backends.
@@ -21,66 +23,72 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from verl.protocol import DataProto
+from verl.utils.config_loader import ConfigError, plain
 from verl.workers.rollout.base import RolloutEngine, SamplingParams
 from zerosearch.curriculum import CurriculumConfig, NoiseCurriculum
-from zerosearch.generation import GenerationConfig, SearchRolloutManager
+from zerosearch.rollout.base import SearchRollout, rollout_mode
+from zerosearch.rollout.config import GenerationConfig
 from zerosearch.search.base import SearchBackend
+from zerosearch.search.config import SearchConfig
+from zerosearch.search.registry import backend_spec, simulated_modes
 
 logger = logging.getLogger(__name__)
 
-GENERATION_KEYS = ("max_turns", "observation_format", "observation_role", "stop", "final_stop",
-                   "invalid_action_message", "on_eos_without_action", "final_turn", "truncate_prompt",
-                   "overlap_chunks")
 # GenerationConfig fields the search section does not set: lengths come from `data.*`, topk from the backend
 GENERATION_FIELDS_FROM_ELSEWHERE = ("max_prompt_length", "max_response_length", "max_obs_length", "topk")
-CURRICULUM_KEYS = ("schedule", "start_threshold", "end_threshold", "base", "total_steps")
-SIMULATED_MODES = ("simulate_prompt", "simulate_sft")
-
-
-def _as_dict(section: Any, name: str) -> dict[str, Any]:
-    if section is None:
-        return {}
-    if type(section).__name__ == "DictConfig":
-        from omegaconf import OmegaConf
-
-        section = OmegaConf.to_container(section, resolve=True)
-    if not isinstance(section, Mapping):
-        raise ValueError(f"{name} must be a mapping, got {type(section).__name__}")
-    return dict(section)
+GENERATION_KEYS = tuple(f.name for f in dataclasses.fields(GenerationConfig)
+                        if f.name not in GENERATION_FIELDS_FROM_ELSEWHERE)
+CURRICULUM_KEYS = tuple(f.name for f in dataclasses.fields(CurriculumConfig))
 
 
 def config_section(config, name: str) -> dict[str, Any]:
-    """`config.<name>` (PPOConfig's plugged-component sections), else `config.extra[name]`, else {}."""
-    value = getattr(config, name, None)
-    if value is None:
-        value = _as_dict(getattr(config, "extra", None), "extra").get(name)
-    return _as_dict(value, name)
+    """`config.<name>` (PPOConfig's plugged-component sections: `search`, `reward`) as a plain dict ({} if unset)."""
+    return plain(getattr(config, name, None), name)
 
 
 def split_search_section(section: Mapping[str, Any]) -> tuple[dict, dict, dict, dict, str | None]:
     """(generation keys, curriculum keys, backend keys, validation backend overrides, val_mode)."""
     section = dict(section)
     val_mode = section.pop("val_mode", None)
-    val_overrides = _as_dict(section.pop("val", None), "search.val")
+    val_overrides = plain(section.pop("val", None), "search.val")
     gen = {k: section.pop(k) for k in GENERATION_KEYS if k in section}
     curriculum = {k: section.pop(k) for k in CURRICULUM_KEYS if k in section}
     return gen, curriculum, section, val_overrides, val_mode
 
 
+def _refuse_unused(keys: Mapping[str, Any], used: set[str], built: Any, defaults: Any, prefix: str, why: str) -> None:
+    """A key of `keys` outside `used` whose value (as built) differs from its default does nothing: refuse it."""
+    for key in sorted(set(keys) - used):
+        if getattr(built, key) != getattr(defaults, key):
+            raise ConfigError(f"{prefix}{key}={keys[key]!r} does nothing: {why}; remove it (its default is "
+                              f"{getattr(defaults, key)!r})")
+
+
 def _backend_configs(backend_keys: dict, val_overrides: dict, val_mode: str | None):
     """(training backend, validation backend) configs: validation uses `val_mode` (default: the training mode if it
-    is a real engine, else "local") with the `val` overrides."""
-    from zerosearch.search.config import SearchConfig
-
+    is a real engine, else "local") with the `val` overrides. Keys neither backend reads are refused."""
     train_search = SearchConfig.from_any(backend_keys)
-    val_mode = val_mode or (train_search.mode if train_search.mode not in SIMULATED_MODES else "local")
-    return train_search, SearchConfig.from_any({**backend_keys, **val_overrides, "mode": val_mode})
+    val_mode = val_mode or (train_search.mode if not train_search.simulated else "local")
+    val_search = SearchConfig.from_any({**backend_keys, **val_overrides, "mode": val_mode})
+    train_keys, val_keys = backend_spec(train_search.mode).keys, backend_spec(val_search.mode).keys
+    _refuse_unused(backend_keys, set(train_keys) | set(val_keys), train_search, SearchConfig(), "search.",
+                   f"search.mode={train_search.mode} reads {', '.join(train_keys)} and search.val_mode={val_mode} "
+                   f"reads {', '.join(val_keys)}")
+    _refuse_unused(val_overrides, set(val_keys), val_search, SearchConfig(), "search.val.",
+                   f"search.val_mode={val_mode} reads {', '.join(val_keys)}")
+    return train_search, val_search
 
 
 def val_search_config(config):
     """The `SearchConfig` of the validation backend the rollout builds for `config` (what evaluation searches)."""
     _, _, backend_keys, val_overrides, val_mode = split_search_section(config_section(config, "search"))
     return _backend_configs(backend_keys, val_overrides, val_mode)[1]
+
+
+def _rollout_mode(config) -> str:
+    """`actor_rollout_ref.rollout.mode` (sync when the config has no rollout section, e.g. a bare test config)."""
+    arr = getattr(config, "actor_rollout_ref", None)
+    return str(getattr(getattr(arr, "rollout", None), "mode", "sync"))
 
 
 def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = None,
@@ -102,30 +110,32 @@ def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = No
     val_gen_cfg = dataclasses.replace(gen_cfg, topk=val_search.topk)
 
     schedule = None
-    if train_search.mode in SIMULATED_MODES:
-        steps = max(1, int(config.trainer.total_training_steps))
-        curriculum = {**config_section(config, "curriculum"), "total_steps": steps, **curriculum_keys}
-        schedule = NoiseCurriculum(CurriculumConfig.from_dict(curriculum, section="search"))
+    steps = max(1, int(config.trainer.total_training_steps))
+    curriculum = CurriculumConfig.from_dict({"total_steps": steps, **curriculum_keys}, section="search")
+    if train_search.simulated:
+        schedule = NoiseCurriculum(curriculum)
         logger.info("search rollout: noise curriculum %r", schedule)
+    else:
+        _refuse_unused(curriculum_keys, {"total_steps"}, curriculum, CurriculumConfig(), "search.",
+                       f"search.mode={train_search.mode} is a real engine, it returns no noisy documents (the noise "
+                       f"curriculum applies to {', '.join(simulated_modes())})")
     logger.info("search rollout: train mode=%s, val mode=%s, max_turns=%d, format=%s",
                 train_search.mode, val_search.mode, gen_cfg.max_turns, gen_cfg.observation_format)
 
-    train = SearchRolloutManager(None, tokenizer, backend or build_search_backend(train_search), gen_cfg, schedule)
-    managers: dict[bool, SearchRolloutManager] = {False: train}
+    mode_cls = rollout_mode(_rollout_mode(config))
+    train = mode_cls(tokenizer, backend or build_search_backend(train_search), gen_cfg, schedule)
+    managers: dict[bool, SearchRollout] = {False: train}
 
     def rollout(batch: DataProto, engine: RolloutEngine, params: SamplingParams, step: int,
                 validate: bool = False) -> DataProto:
         validate = bool(validate)
         if validate not in managers:
-            managers[True] = SearchRolloutManager(None, tokenizer, val_backend or build_search_backend(val_search),
-                                                  val_gen_cfg, None)
-        manager = managers[validate]
-        manager.engine = engine
-        return manager.run(batch, params, step)
+            managers[True] = mode_cls(tokenizer, val_backend or build_search_backend(val_search), val_gen_cfg, None)
+        return managers[validate](batch, engine, params, step)
 
     def close() -> None:
         for manager in managers.values():
-            manager.backend.close()
+            manager.close()
 
     rollout.close = close  # type: ignore[attr-defined]
     rollout.managers = managers  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ included.
 
 from __future__ import annotations
 
-from zerosearch.generation_config import GenerationConfig
+from zerosearch.rollout.config import GenerationConfig
 
 _ASSISTANT_MARK = "ZSASSISTANTMARK"
 _OBSERVATION_MARK = "ZSOBSERVATIONMARK"

@@ -16,7 +16,7 @@ import torch
 from verl.protocol import DataProto
 from verl.workers.rollout import SamplingParams, build_rollout_engine
 from zerosearch.data.prompts import build_prompt
-from zerosearch.generation import GenerationConfig, SearchRolloutManager, trajectory_records
+from zerosearch.rollout import GenerationConfig, LockstepRollout, trajectory_records
 from zerosearch.search import build_search_backend
 
 pytestmark = pytest.mark.slow
@@ -127,8 +127,8 @@ def inline_run(engine, tokenizer, local_backend, questions):
     batch = make_batch(tokenizer, rows)
     backend = RecordingBackend(local_backend)
     cfg = GenerationConfig(max_turns=2, max_prompt_length=400, max_response_length=96, max_obs_length=48, topk=2)
-    manager = SearchRolloutManager(engine, tokenizer, backend, cfg, noise_schedule=lambda step: 0.1 * step)
-    return batch, manager.run(batch, GREEDY, step=3), backend, cfg
+    rollout = LockstepRollout(tokenizer, backend, cfg, noise_schedule=lambda step: 0.1 * step)
+    return batch, rollout(batch, engine, GREEDY, step=3), backend, cfg
 
 
 def test_inline_search_inserts_masked_information(inline_run, tokenizer):
@@ -200,7 +200,7 @@ def test_each_row_generates_within_its_own_budget(engine, tokenizer, local_backe
     rows = [(questions[0][0], questions[0][1], "<answer>")] + [(q, g, search_prefill(q)) for q, g in questions[6:9]]
     recording = RecordingEngine(engine)
     cfg = GenerationConfig(max_turns=2, max_prompt_length=400, max_response_length=72, max_obs_length=40, topk=2)
-    out = SearchRolloutManager(recording, tokenizer, local_backend, cfg).run(make_batch(tokenizer, rows), GREEDY)
+    out = LockstepRollout(tokenizer, local_backend, cfg)(make_batch(tokenizer, rows), recording, GREEDY)
     check_batch_layout(out, tokenizer, 72)
     caps_seen = set()
     for params, outs in recording.calls:
@@ -218,7 +218,7 @@ def test_final_turn_never_searches(engine, tokenizer, local_backend, questions):
     q, g = questions[1]
     backend = RecordingBackend(local_backend)
     cfg = GenerationConfig(max_turns=0, max_prompt_length=400, max_response_length=12, max_obs_length=48)
-    out = SearchRolloutManager(engine, tokenizer, backend, cfg).run(make_batch(tokenizer, [(q, g, search_prefill(q))]),
+    out = LockstepRollout(tokenizer, backend, cfg)(make_batch(tokenizer, [(q, g, search_prefill(q))]), engine,
                                                                    GREEDY)
     ids, mask = response_of(out, 0)
     text = out.non_tensor_batch["response_text"][0]
@@ -231,7 +231,7 @@ def test_max_turns_and_response_budget(engine, tokenizer, local_backend, questio
     rows = [(q, g, search_prefill(q)) for q, g in questions[4:6]]
     backend = RecordingBackend(local_backend)
     cfg = GenerationConfig(max_turns=1, max_prompt_length=400, max_response_length=40, max_obs_length=200, topk=2)
-    out = SearchRolloutManager(engine, tokenizer, backend, cfg).run(make_batch(tokenizer, rows), GREEDY)
+    out = LockstepRollout(tokenizer, backend, cfg)(make_batch(tokenizer, rows), engine, GREEDY)
     check_batch_layout(out, tokenizer, 40)
     assert len(backend.calls) <= 1
     assert list(out.non_tensor_batch["num_searches"]) == [1, 1], out.non_tensor_batch["response_text"]
@@ -247,7 +247,7 @@ def test_chat_observation_format(engine, tokenizer, local_backend, questions):
     rows = [(q, g, search_prefill(q)) for q, g in questions[1:3]]
     cfg = GenerationConfig(max_turns=1, max_prompt_length=400, max_response_length=64, max_obs_length=56,
                            observation_format="chat", final_turn="none")
-    out = SearchRolloutManager(engine, tokenizer, local_backend, cfg).run(make_batch(tokenizer, rows), GREEDY)
+    out = LockstepRollout(tokenizer, local_backend, cfg)(make_batch(tokenizer, rows), engine, GREEDY)
     searched = [i for i in range(len(out)) if out.non_tensor_batch["num_searches"][i]]
     assert searched
     for i in searched:
@@ -269,7 +269,7 @@ def test_eos_without_action(engine, tokenizer, local_backend, on_eos):
     cfg = GenerationConfig(max_turns=1, max_prompt_length=400, max_response_length=64, max_obs_length=48,
                            final_turn="none", on_eos_without_action=on_eos)
     batch = make_batch(tokenizer, [("Reply with one word: yes or no?", ["yes"], "")], messages_fn=_plain_question)
-    out = SearchRolloutManager(engine, tokenizer, backend, cfg).run(batch, GREEDY)
+    out = LockstepRollout(tokenizer, backend, cfg)(batch, engine, GREEDY)
     ids, mask = response_of(out, 0)
     nt = out.non_tensor_batch
     assert backend.calls == [] and nt["valid_actions"][0] == 0
@@ -285,7 +285,7 @@ def test_eos_without_action(engine, tokenizer, local_backend, on_eos):
 def test_make_rollout_fn_curriculum_and_validation_backend(engine, tokenizer, world_dir, local_backend, questions,
                                                             tmp_path):
     from verl.trainer.config import PPOConfig
-    from zerosearch.generation import make_rollout_fn
+    from zerosearch.rollout import make_rollout_fn
 
     cfg = PPOConfig()
     cfg.data.max_prompt_length, cfg.data.max_response_length, cfg.data.max_obs_length = 400, 24, 48

