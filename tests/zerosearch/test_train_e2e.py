@@ -1,5 +1,7 @@
 """ZeroSearch end to end on CPU: 2 GRPO steps on the embedded world with a REAL vLLM OpenAI server as the
-simulation LLM (behind a recording proxy), FSDP2 workers on Ray, validation with real (BM25) search.
+simulation LLM (behind a recording proxy), FSDP2 workers on Ray, validation with real (BM25) search, and the
+asynchronous rollout (`actor_rollout_ref.rollout.mode=async`: each worker holds vLLM's AsyncLLM and takes single
+requests from the driver's agent loop; the lockstep path runs in the quickstart and evaluation tests).
 
 Checks: trajectories contain <information> blocks; observation tokens are outside the policy-loss mask;
 every simulator call carries the question of the very trajectory that issued the query.
@@ -36,7 +38,7 @@ def test_grpo_two_steps_with_real_simulator(world, vllm_server, recording_proxy,
         f"data.train_files=[{world}/train.parquet]", f"data.val_files=[{world}/test.parquet]",
         "data.train_batch_size=2", "data.max_response_length=160", "data.max_obs_length=96",
         "data.assistant_prefix='<search>'",  # every trajectory starts with a search: the simulator is exercised
-        "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.n=2", "actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.mode=async",
         "actor_rollout_ref.rollout.temperature=0.5",  # the 135M model rambles at temperature 1
         "actor_rollout_ref.actor.ppo_mini_batch_size=2", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2",
         "actor_rollout_ref.actor.use_kl_loss=true",
@@ -58,6 +60,8 @@ def test_grpo_two_steps_with_real_simulator(world, vllm_server, recording_proxy,
     # observation tokens are in the response but not in the policy-loss mask
     assert any(r["response_length/policy_tokens/mean"] < r["response_length/mean"] for r in rows)
     assert sum(r.get("search/calls", 0) for r in rows) > 0
+    assert max(r["rollout/requests_in_flight/max"] for r in rows) > 1  # trajectories ran at once, on both workers
+    assert all(r["rollout/critical_path_s"] <= r["rollout/wall_s"] + 1e-6 for r in rows)
     assert "val/embedded_1hop/em" in rows[-1] or "val/embedded_2hop/em" in rows[-1]
 
     trajs = [json.loads(x) for x in (logs / "train_generations.jsonl").read_text().splitlines()]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from typing import Any
 
@@ -101,9 +102,11 @@ class ActorRolloutRefWorker(_FSDPWorker):
         if build_rollout:
             from verl.workers.rollout import engine_from_config
 
+            # the engine binds cores by the rank's place on its node (LOCAL_RANK of trainer.n_gpus_per_node)
+            local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
             self.rollout = engine_from_config(cfg, resolve_model_path(arr.model.path), device=self.device_type,
-                                              seed=cfg.trainer.seed + self.rank, rank=self.rank,
-                                              world_size=self.world_size, cpu_threads=self.threads)
+                                              seed=cfg.trainer.seed + self.rank, rank=local_rank,
+                                              world_size=cfg.trainer.n_gpus_per_node, cpu_threads=self.threads)
             torch.set_num_threads(self.threads)  # an engine may have changed it
         logger.info("rank %d: actor%s%s ready on %s", self.rank, " + ref" if self.ref else "",
                     f" + {arr.rollout.name} rollout" if self.rollout else "", self.device)
@@ -121,6 +124,24 @@ class ActorRolloutRefWorker(_FSDPWorker):
         if not prompts:
             return []
         return self.rollout.generate(prompts, params)
+
+    def prepare_rollout(self) -> None:
+        """Before single requests (the asynchronous rollout): refresh a stale engine. A collective: every rank."""
+        if self.rollout is None:
+            raise RuntimeError("no rollout engine: call init_model(build_rollout=True) first")
+        if self._rollout_stale:
+            self.sync_rollout_weights()
+
+    def generate_one(self, prompt: list[int], params: SamplingParams) -> GenOutput:
+        """One request on current weights; runs in one of the actor's request threads (`max_concurrency` > 1)
+        while others wait on the engine. `prepare_rollout` must have run on every rank."""
+        if self._rollout_stale:
+            raise RuntimeError("the rollout engine holds stale weights: call prepare_rollout on every rank first")
+        generate_one = getattr(self.rollout, "generate_one", None)
+        if generate_one is None:
+            raise RuntimeError(f"{type(self.rollout).__name__} takes batches only: "
+                               "actor_rollout_ref.rollout.mode=async needs rollout.name=vllm")
+        return generate_one(prompt, params)
 
     def sync_rollout_weights(self) -> float:
         """Gather the actor's full weights and load them into this rank's engine; returns seconds (collective)."""

@@ -54,6 +54,21 @@ class WorkerGroupEngine:
             return []
         return self.wg.dispatch_dp_list("generate", prompts, params)
 
+    @property
+    def asynchronous(self) -> bool:
+        """Whether the workers' engines take single requests (actor_rollout_ref.rollout.mode=async)."""
+        return self.wg.max_concurrency > 1
+
+    def prepare_rollout(self) -> None:
+        """Refresh stale engines on every rank before single requests (a collective)."""
+        self.wg.execute_all("prepare_rollout")
+
+    async def agenerate(self, prompt: list[int], params: SamplingParams, key: int = 0) -> GenOutput:
+        """One request on rank `key % world_size` (the agent loop passes the row index: a fixed, even spread)."""
+        if params.n != 1:
+            raise ValueError("a single request takes n=1")
+        return await self.wg.submit(key % self.wg.world_size, "generate_one", prompt, params)
+
     def update_weights(self, state_dict) -> None:  # weights move worker-side (sync_rollout_weights)
         raise NotImplementedError("weights are synced inside the workers")
 
