@@ -135,8 +135,9 @@ def test_killed_and_resumed_gives_the_uninterrupted_table(first, world, tmp_path
 
 
 def test_evaluation_equals_the_trainers_validation(world, tmp_path):
-    """The same rows through the trainer (val_only: Ray, an FSDP2 worker holding a vLLM engine) and through
-    evaluate.sh (vLLM in the evaluating process): the same per-source EM / F1 / substring and the same Avg."""
+    """The same rows through the trainer (val_only: Ray, an FSDP2 worker holding a vLLM engine, the lockstep rollout)
+    and through evaluate.sh (vLLM's AsyncLLM in the evaluating process, the asynchronous agent loop): the same
+    per-source EM / F1 / substring and the same Avg."""
     from verl.trainer.main_ppo import compose_config, run
 
     df = pd.read_parquet(world / "test.parquet")
@@ -153,7 +154,8 @@ def test_evaluation_equals_the_trainers_validation(world, tmp_path):
     val = run(cfg)["val_history"][0]
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "evaluate.sh"), "DATA_PATH", str(subset_file),
                            "CORPUS_PATH", f"{world}/corpus.jsonl", "SEARCH_ENGINE", "local", "BATCH_SIZE", "3",
-                           "OUT", str(tmp_path / "eval")], capture_output=True, text=True, timeout=900,
+                           "OUT", str(tmp_path / "eval"), "actor_rollout_ref.rollout.mode=async"],
+                          capture_output=True, text=True, timeout=900,
                           env={**os.environ, "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "eval" / "summary.json").read_text())["results"]

@@ -1,6 +1,7 @@
 """Typed trainer configuration, validated once at start-up.
 
-Hydra composes YAML + overrides into a plain dict; `load_config` turns it into these dataclasses.
+Hydra composes YAML + overrides into a plain dict; `load_config` turns it into these dataclasses with the shared
+loader (`verl.utils.config_loader.from_dict`, also used by the components' sections).
 Unknown keys, wrong types and cross-field violations (batch divisibility, lengths) fail here with a
 message that names the key and the fix, before any worker starts. Key names follow verl's
 (`data.train_batch_size`, `actor_rollout_ref.actor.optim.lr`, `algorithm.adv_estimator`, ...).
@@ -11,14 +12,9 @@ The sections `search` and `reward` are plain dicts, owned and validated by the p
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config value is missing, unknown, mistyped, or inconsistent with another."""
+from verl.utils.config_loader import ConfigError, from_dict
 
 
 @dataclass
@@ -113,6 +109,9 @@ class ValKwargs:
 @dataclass
 class RolloutConfig:
     name: str = "vllm"  # vllm | hf
+    # sync: the multi-turn rollout advances all rows turn by turn; async: every trajectory at its own pace on the
+    # engine's asynchronous mode (vLLM AsyncLLM; each search sent when its trajectory asks). verl's key.
+    mode: str = "sync"
     n: int = 4
     temperature: float = 1.0
     top_p: float = 1.0
@@ -195,7 +194,9 @@ class ComponentConfig:
 class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     n_gpus_per_node: int = 2  # workers per node (CPU: processes)
-    nnodes: int = 1
+    nnodes: int = 1  # nodes of the Ray cluster (> 1: trainer.ray_address); one placement group per node
+    # GPU ids of this node kept out of the local Ray cluster the trainer starts (e.g. a simulation server's)
+    exclude_gpus: list[int] = field(default_factory=list)
     cpus_per_worker: float = 1.0  # Ray num_cpus per worker on CPU
     threads_per_worker: int = 0  # torch threads per worker, 0: cores // workers
     total_epochs: int = 1
@@ -267,78 +268,6 @@ class PPOConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# dict -> dataclass with key-naming errors
-
-def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Check / coerce `value` to annotation `tp`; returns (ok, coerced)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return True, None
-        for a in args:
-            if a is type(None):
-                continue
-            ok, v = _type_ok(value, a)
-            if ok:
-                return True, v
-        return False, value
-    if origin is list:
-        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-            if isinstance(value, str) and typing.get_args(tp) == (str,):
-                return True, [value]  # a single path for a list of files
-            return False, value
-        (inner,) = typing.get_args(tp) or (Any,)
-        out = []
-        for v in value:
-            ok, cv = _type_ok(v, inner)
-            if not ok:
-                return False, value
-            out.append(cv)
-        return True, out
-    if tp is Any or tp is dict or origin is dict:
-        return isinstance(value, dict) or tp is Any, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True, float(value)
-        return False, value
-    if tp is str:
-        return isinstance(value, str), value
-    return isinstance(value, tp), value
-
-
-def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
-    """Build dataclass `cls` from `data`; unknown keys and type mismatches raise ConfigError."""
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = prefix.rstrip(".") or "the top level"
-        raise ConfigError(
-            f"unknown config key(s) {', '.join(prefix + u for u in unknown)} in {where}; "
-            f"valid keys there: {', '.join(sorted(names))}"
-        )
-    kwargs = {}
-    for name in names & set(data):
-        tp, value, key = hints[name], data[name], prefix + name
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(f"{key} must be a mapping, got {type(value).__name__}")
-            kwargs[name] = from_dict(tp, value, key + ".")
-            continue
-        ok, coerced = _type_ok(value, tp)
-        if not ok:
-            raise ConfigError(f"{key} expects {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
-        kwargs[name] = coerced
-    return cls(**kwargs)
-
-
-# ---------------------------------------------------------------------------------------------
 # cross-field rules
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -357,11 +286,19 @@ def validate(cfg: PPOConfig) -> PPOConfig:
     ws = cfg.world_size
     _check(t.device in ("auto", "cpu", "cuda"), f"trainer.device must be auto, cpu or cuda, got {t.device!r}")
     _check(r.name in ("vllm", "hf"), f"actor_rollout_ref.rollout.name must be 'vllm' or 'hf', got {r.name!r}")
+    _check(isinstance(r.mode, str) and bool(r.mode), "actor_rollout_ref.rollout.mode must name a rollout mode "
+           f"(sync or async; the rollout component checks the name), got {r.mode!r}")
+    _check(r.mode == "sync" or r.name == "vllm", "actor_rollout_ref.rollout.mode=async needs the vLLM engine "
+           f"(its AsyncLLM); rollout.name={r.name!r} has only the batched path: set rollout.name=vllm or mode=sync")
     from verl.workers.rollout import ROLLOUT_DTYPES
 
     _check(r.dtype in ROLLOUT_DTYPES, f"actor_rollout_ref.rollout.dtype must be one of {list(ROLLOUT_DTYPES)}, got "
            f"{r.dtype!r}")
-    _check(ws >= 1, "trainer.n_gpus_per_node * trainer.nnodes must be >= 1")
+    _check(t.n_gpus_per_node >= 1 and t.nnodes >= 1,
+           f"trainer.n_gpus_per_node ({t.n_gpus_per_node}) and trainer.nnodes ({t.nnodes}) must be >= 1")
+    _check(t.cpus_per_worker > 0, f"trainer.cpus_per_worker must be > 0, got {t.cpus_per_worker}")
+    _check(not t.exclude_gpus or t.device != "cpu", "trainer.exclude_gpus keeps GPUs out of the trainer's pool: it "
+           "needs trainer.device=cuda (or auto); remove it on CPU")
     _check(t.total_training_steps >= 1, "trainer.total_training_steps must be >= 1")
     _check(d.max_prompt_length > 0 and d.max_response_length > 0,
            "data.max_prompt_length and data.max_response_length must be > 0")

@@ -23,11 +23,10 @@ from zerosearch.rollout.base import (
     Trajectory,
     register_rollout_mode,
     rollout_metrics,
-    rollout_mode,
     trajectory_records,
 )
 from zerosearch.rollout.config import GenerationConfig
-from zerosearch.rollout.factory import make_search_rollout_fn
+from zerosearch.rollout.factory import make_search_rollout_fn, rollout_mode
 from zerosearch.rollout.lockstep import LockstepRollout
 
 make_rollout_fn = make_search_rollout_fn  # the trainer's factory name (rollout_fn.target)

@@ -7,6 +7,10 @@ Two action formats, registered by name (`search.action_format`):
   empty query is an invalid action (the corrective message follows). The tool's schema (`SEARCH_TOOL`) goes
   into the prompt through the chat template's `tools=`.
 In both, the answer is `<answer> a </answer>`, and the first complete action of a turn is the one acted on.
+Each format also names how its documents come back (the defaults of `search.observation_format` /
+`observation_role`, set here and nowhere else) and its corrective message: tags -> inline
+`<information>` in the assistant's text; tool_call -> a `tool` turn of the chat template whose content is
+`<information>docs</information>` (so the reward reads both formats alike).
 
 A search with an empty query is invalid (the original sent the empty string to the engine). A prompt may pre-open
 a tag (an assistant prefix ending in `<search>`, "prefill"); `open_suffix` finds that unclosed tag so the first
@@ -21,6 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 ANSWER_STOP = "</answer>"
+TAGS_INVALID_MESSAGE = (
+    "My previous action was invalid. I must search with <search> query </search> "
+    "or answer with <answer> answer </answer>."
+)
+TOOL_CALL_INVALID_MESSAGE = (  # the content of a tool turn: the tool's reply to a call it cannot run
+    'The previous action was invalid. To search, call the search tool: <tool_call>{"name": "search", '
+    '"arguments": {"query": "..."}}</tool_call>; to answer, write <answer> answer </answer>.'
+)
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 SEARCH_TOOL: dict[str, Any] = {
@@ -44,6 +56,9 @@ class ActionFormat:
     name: str
     search_open: str
     search_stop: str  # the engine stops a search turn here
+    observation_format: str = "inline"  # how documents come back by default (search.observation_format)
+    observation_role: str = "user"  # the chat turn's role when observation_format=chat (search.observation_role)
+    invalid_message: str = TAGS_INVALID_MESSAGE  # default of search.invalid_action_message
 
     def _action(self) -> re.Pattern:
         o, c = re.escape(self.search_open), re.escape(self.search_stop)
@@ -97,12 +112,13 @@ class ToolCallFormat(ActionFormat):
             except ValueError:
                 return None
         query = args.get("query") if isinstance(args, dict) else None
-        return query.strip() or None if isinstance(query, str) else None
+        return (query.strip() or None) if isinstance(query, str) else None
 
 
 ACTION_FORMATS: dict[str, ActionFormat] = {
     "tags": ActionFormat("tags", "<search>", "</search>"),
-    "tool_call": ToolCallFormat("tool_call", "<tool_call>", "</tool_call>"),
+    "tool_call": ToolCallFormat("tool_call", "<tool_call>", "</tool_call>", observation_format="chat",
+                                observation_role="tool", invalid_message=TOOL_CALL_INVALID_MESSAGE),
 }
 
 

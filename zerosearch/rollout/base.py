@@ -1,9 +1,10 @@
 """What every multi-turn search rollout shares: trajectories as token ids, one turn's rules, the output batch.
 
-A rollout mode is a subclass of `SearchRollout` registered by name (`@register_rollout_mode("sync")`), selected by
-`actor_rollout_ref.rollout.mode`. It implements `_play(rows, engine, params, noise_p)`, which plays every
-trajectory to its end using the shared rules below; `__call__(batch, engine, params, step)` does the rest (row
-set-up, the curriculum's noise, the output batch, the metrics). The modes:
+A rollout mode is a subclass of `SearchRollout` registered by name (`@register_rollout_mode("sync")`) in a module of
+this package (factory.py finds it there), selected by `actor_rollout_ref.rollout.mode`. It implements
+`_play(rows, engine, params, noise_p, stats)`, which plays every trajectory to its end with the shared rules below;
+`__call__(batch, engine, params, step)` does the rest (row set-up, the curriculum's noise, the output batch, the
+metrics). The modes:
 - "sync" (`lockstep.py`, the reference): each turn, all active rows generate in one engine call, then one search
   burst; as in Search-R1 and the original ZeroSearch;
 - "async" (`agent_loop.py`): each trajectory generates, searches and generates again at its own pace.
@@ -70,16 +71,6 @@ def register_rollout_mode(name: str) -> Callable[[type], type]:
         return cls
 
     return register
-
-
-def rollout_mode(name: str) -> type[SearchRollout]:
-    """The registered class of a rollout mode (modules of the package register theirs on import)."""
-    import zerosearch.rollout  # noqa: F401 - registers the built-in modes
-
-    if name not in ROLLOUT_MODES:
-        raise ValueError(f"actor_rollout_ref.rollout.mode={name!r} is not a rollout mode; "
-                         f"valid: {sorted(ROLLOUT_MODES)}")
-    return ROLLOUT_MODES[name]
 
 
 def turn_seed(seed: int | None, row: int, turn: int) -> int | None:

@@ -13,16 +13,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from verl.utils.config_loader import from_dict
-from zerosearch.rollout.actions import ACTION_FORMATS, ANSWER_STOP, ActionFormat, action_format
+from zerosearch.rollout.actions import (
+    ACTION_FORMATS,
+    ANSWER_STOP,
+    TAGS_INVALID_MESSAGE,
+    ActionFormat,
+    action_format,
+)
 
 OBSERVATION_FORMATS = ("inline", "chat")
 FINAL_TURN_MODES = ("answer", "none")
 EOS_MODES = ("finish", "correct")
-DEFAULT_INVALID_MESSAGE = (
-    "My previous action was invalid. I must search with <search> query </search> "
-    "or answer with <answer> answer </answer>."
-)
-
+DEFAULT_INVALID_MESSAGE = TAGS_INVALID_MESSAGE  # the tag format's; each action format has its own
 
 
 @dataclass
@@ -37,9 +39,14 @@ class GenerationConfig:
     observation_format: "inline" (the original's: `\\n\\n<information>docs</information>\\n\\n` inside the
         assistant text) or "chat" (a new `observation_role` turn rendered with the tokenizer's chat template,
         then the assistant turn reopened). Observation / corrective tokens are masked (response_mask 0).
+        None (default): the action format's (tags: inline; tool_call: chat). tool_call with inline is refused:
+        a tool's result is a turn of its own.
+    observation_role: the role of a chat observation; None (default): the action format's (tags: user;
+        tool_call: tool). Set "user" for a template that cannot render a `tool` turn.
     stop: stop strings of a search turn; final_stop: those of the final turn (no `</search>`: the final turn
         cannot search, and a search written there is never executed).
     invalid_action_message: inserted (masked) after a turn with no valid action; the trajectory goes on.
+        None (default): the action format's (how to search in that format, or answer).
     on_eos_without_action: "finish" (EOS without an action ends the trajectory) or "correct" (the original's:
         the corrective message is inserted and the policy generates again).
     final_turn: "answer" (one last generation, stop only at `</answer>`) or "none" (trajectories still
@@ -57,11 +64,11 @@ class GenerationConfig:
     max_response_length: int = 256
     max_obs_length: int = 256
     topk: int = 3
-    observation_format: str = "inline"
-    observation_role: str = "user"
+    observation_format: str | None = None  # None: the action format's
+    observation_role: str | None = None  # None: the action format's
     stop: list[str] | None = None  # None: the action format's search stop and </answer>
     final_stop: list[str] = field(default_factory=lambda: [ANSWER_STOP])
-    invalid_action_message: str = DEFAULT_INVALID_MESSAGE
+    invalid_action_message: str | None = None  # None: the action format's
     on_eos_without_action: str = "finish"
     final_turn: str = "answer"
     truncate_prompt: bool = False
@@ -84,11 +91,21 @@ class GenerationConfig:
                  f"must be an integer >= {low}, got {value!r}")
         need(self.action_format in ACTION_FORMATS, "action_format",
              f"must be one of {sorted(ACTION_FORMATS)}, got {self.action_format!r}")
-        search_stop = self.actions.search_stop
+        actions = self.actions
+        search_stop = actions.search_stop
         if self.stop is None:
             self.stop = [search_stop, ANSWER_STOP]
+        if self.observation_format is None:
+            self.observation_format = actions.observation_format
+        if self.observation_role is None:
+            self.observation_role = actions.observation_role
+        if self.invalid_action_message is None:
+            self.invalid_action_message = actions.invalid_message
         need(self.observation_format in OBSERVATION_FORMATS, "observation_format",
              f"must be one of {OBSERVATION_FORMATS}, got {self.observation_format!r}")
+        need(self.observation_format == "chat" or actions.observation_format != "chat", "observation_format",
+             f"must be chat (or unset) with search.action_format={self.action_format}, whose documents come "
+             f"back as a turn of their own; got {self.observation_format!r}")
         need(self.final_turn in FINAL_TURN_MODES, "final_turn",
              f"must be one of {FINAL_TURN_MODES}, got {self.final_turn!r}")
         need(self.on_eos_without_action in EOS_MODES, "on_eos_without_action",

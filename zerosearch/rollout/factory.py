@@ -18,19 +18,21 @@ on first use, with noise_p = 0. `backend=` / `val_backend=` kwargs inject ready-
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import logging
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from verl.protocol import DataProto
 from verl.utils.config_loader import ConfigError, plain
 from verl.workers.rollout.base import RolloutEngine, SamplingParams
 from zerosearch.curriculum import CurriculumConfig, NoiseCurriculum
-from zerosearch.rollout.base import SearchRollout, rollout_mode
+from zerosearch.rollout.base import ROLLOUT_MODES, SearchRollout
 from zerosearch.rollout.config import GenerationConfig
 from zerosearch.search.base import SearchBackend
 from zerosearch.search.config import SearchConfig
-from zerosearch.search.registry import backend_spec, simulated_modes
+from zerosearch.search.registry import COMMON_KEYS, backend_spec, simulated_modes
 
 logger = logging.getLogger(__name__)
 
@@ -71,18 +73,38 @@ def _backend_configs(backend_keys: dict, val_overrides: dict, val_mode: str | No
     val_mode = val_mode or (train_search.mode if not train_search.simulated else "local")
     val_search = SearchConfig.from_any({**backend_keys, **val_overrides, "mode": val_mode})
     train_keys, val_keys = backend_spec(train_search.mode).keys, backend_spec(val_search.mode).keys
-    _refuse_unused(backend_keys, set(train_keys) | set(val_keys), train_search, SearchConfig(), "search.",
-                   f"search.mode={train_search.mode} reads {', '.join(train_keys)} and search.val_mode={val_mode} "
-                   f"reads {', '.join(val_keys)}")
+    reads = f"search.mode={train_search.mode} reads {_own_keys(train_keys)}"
+    if val_mode != train_search.mode:
+        reads += f", search.val_mode={val_mode} reads {_own_keys(val_keys)}"
+    _refuse_unused(backend_keys, set(train_keys) | set(val_keys), train_search, SearchConfig(), "search.", reads)
     _refuse_unused(val_overrides, set(val_keys), val_search, SearchConfig(), "search.val.",
-                   f"search.val_mode={val_mode} reads {', '.join(val_keys)}")
+                   f"search.val_mode={val_mode} reads {_own_keys(val_keys)}")
     return train_search, val_search
+
+
+def _own_keys(keys: tuple[str, ...]) -> str:
+    """A backend's keys beyond the common ones, for error texts."""
+    own = [k for k in keys if k not in COMMON_KEYS]
+    return ", ".join(own) if own else "only the common keys"
 
 
 def val_search_config(config):
     """The `SearchConfig` of the validation backend the rollout builds for `config` (what evaluation searches)."""
     _, _, backend_keys, val_overrides, val_mode = split_search_section(config_section(config, "search"))
     return _backend_configs(backend_keys, val_overrides, val_mode)[1]
+
+
+def rollout_mode(name: str) -> type[SearchRollout]:
+    """The class registered as rollout mode `name`. Every module of this package is imported first, so a new mode
+    is one file here with a `@register_rollout_mode` class (nothing else to edit)."""
+    package = Path(__file__).parent
+    for module in sorted(p.stem for p in package.glob("*.py")):
+        if module not in ("__init__", "factory"):
+            importlib.import_module(f"{__package__}.{module}")
+    if name not in ROLLOUT_MODES:
+        raise ValueError(f"actor_rollout_ref.rollout.mode={name!r} is not a rollout mode; "
+                         f"valid: {sorted(ROLLOUT_MODES)}")
+    return ROLLOUT_MODES[name]
 
 
 def _rollout_mode(config) -> str:

@@ -6,7 +6,10 @@ Two formats:
 - "chat": the assistant turn is closed, the documents become a new turn of `observation_role`
   (`<information>docs</information>` as its content) rendered with the tokenizer's chat template, and a new
   assistant turn is opened. The wrapper is derived once by rendering a sentinel conversation, so any
-  template works that can render user -> assistant -> <role> with a generation prompt.
+  template works that can render user -> assistant -> <role> with a generation prompt. With
+  `search.action_format=tool_call` the role is `tool` (the default): ChatML templates render
+  `<|im_start|>tool ...`, Qwen2.5 / Hermes ones a user turn holding `<tool_response> ... </tool_response>`. The
+  `<information>` wrapper stays inside the tool content, so the reward reads both action formats alike.
 
 Every piece is tokenised once at start-up except the documents; an observation is head + docs + tail with
 the documents cut so the whole block fits in `limit` tokens (the wrapper always stays intact, so the

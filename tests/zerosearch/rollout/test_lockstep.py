@@ -16,7 +16,7 @@ import torch
 from verl.protocol import DataProto
 from verl.workers.rollout import SamplingParams, build_rollout_engine
 from zerosearch.data.prompts import build_prompt
-from zerosearch.rollout import GenerationConfig, LockstepRollout, trajectory_records
+from zerosearch.rollout import GenerationConfig, LockstepRollout, register_rollout_mode, trajectory_records
 from zerosearch.search import build_search_backend
 
 pytestmark = pytest.mark.slow
@@ -311,3 +311,32 @@ def test_make_rollout_fn_curriculum_and_validation_backend(engine, tokenizer, wo
     rollout.close()
     with pytest.raises(ValueError, match=r"search\.max_turn\b"):
         make_rollout_fn(dataclasses.replace(cfg, search={"mode": "local", "max_turn": 1}), tokenizer)
+
+
+@register_rollout_mode("test_reversed")
+class ReversedLockstep(LockstepRollout):
+    """A new rollout mode is one registered class (here: the lockstep loop over the rows in reverse order)."""
+
+    def _play(self, rows, engine, params, noise_p, stats):
+        self.played = [row.index for row in rows[::-1]]
+        super()._play(rows[::-1], engine, params, noise_p, stats)
+
+
+def test_a_new_rollout_mode_is_one_registered_class(engine, tokenizer, local_backend, questions):
+    from verl.trainer.config import PPOConfig
+    from zerosearch.rollout import make_rollout_fn
+
+    cfg = PPOConfig()
+    cfg.data.max_prompt_length, cfg.data.max_response_length, cfg.data.max_obs_length = 400, 24, 48
+    cfg.actor_rollout_ref.rollout.mode = "test_reversed"
+    cfg.search = {"mode": "local", "topk": 2, "max_turns": 1}
+    rollout = make_rollout_fn(cfg, tokenizer, backend=RecordingBackend(local_backend), val_backend=local_backend)
+    rows = [(q, g, search_prefill(q)) for q, g in questions[:2]]
+    out = rollout(make_batch(tokenizer, rows), engine, GREEDY, 0, False)
+    manager = rollout.managers[False]
+    assert isinstance(manager, ReversedLockstep) and manager.played == [1, 0]
+    assert list(out.non_tensor_batch["question"]) == [q for q, _, _ in rows]  # row order kept
+    assert list(out.non_tensor_batch["num_searches"]) == [1, 1]
+    cfg.actor_rollout_ref.rollout.mode = "no_such_mode"
+    with pytest.raises(ValueError, match=r"rollout\.mode='no_such_mode'.*valid: \[.*'async'.*'sync'"):
+        make_rollout_fn(cfg, tokenizer, backend=local_backend)
