@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from verl.utils.config_loader import from_dict
 
 SCHEDULES = ("exponential", "linear", "constant")
 
@@ -43,7 +45,7 @@ class CurriculumConfig:
     """
 
     schedule: str = "exponential"
-    start_threshold: float = 0.25
+    start_threshold: float = 0.0  # the shipped runs' value (the README's START_THRESHOLD 0)
     end_threshold: float = 0.5
     base: float = 4.0
     total_steps: int = 203
@@ -83,17 +85,8 @@ class CurriculumConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None, section: str = "curriculum") -> CurriculumConfig:
-        """Build from a mapping (dict / OmegaConf); unknown keys are rejected with the list of known ones."""
-        cfg = dict(cfg or {})
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(cfg) - set(known))
-        if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; known: {known}")
-        obj = cls.__new__(cls)
-        for f in fields(cls):
-            setattr(obj, f.name, cfg.get(f.name, f.default))
-        obj.validate(section)
-        return obj
+        """Build from a mapping (dict / OmegaConf) with the shared loader; errors name `<section>.<key>`."""
+        return from_dict(cls, cfg, f"{section}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

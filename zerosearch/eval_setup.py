@@ -22,19 +22,19 @@ from pathlib import Path
 
 from verl.trainer.config import ConfigError, PPOConfig
 from zerosearch.launch import UsageError, parse_bool, parse_key_values
+from zerosearch.search.registry import is_simulated, modes
 
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_DATA = "data/embedded"
-ENGINES = ("local", "wiki", "google", "simulate_prompt", "simulate_sft")
 
 # key -> (default, help); both commands take these, `zerosearch.eval` adds its own (EVAL_KEYS)
 COMMON_KEYS: dict[str, tuple[str, str]] = {
     "MODEL_PATH": ("embedded", "policy: HF dir, hub id, 'embedded', a checkpoint step dir or a training run dir "
                                "(its latest complete step)"),
-    "SEARCH_ENGINE": ("auto", "local | wiki | google | simulate_prompt | simulate_sft (auto: local BM25 when the "
-                              "data dir has a corpus.jsonl, else google)"),
+    "SEARCH_ENGINE": ("auto", f"{' | '.join(modes())} (auto: local BM25 when the data dir has a corpus.jsonl, "
+                              "else google)"),
     "MAX_TURNS": ("2", "search turns before the final answer turn (as in training)"),
     "TOPK": ("3", "documents per search"),
     "CORPUS_PATH": ("auto", "corpus JSONL of the local engine (auto: <data dir>/corpus.jsonl)"),
@@ -130,8 +130,8 @@ def search_engine(value: str, data_dir: Path | None) -> str:
     if value == "auto":
         embedded = data_dir is not None and data_dir.resolve() == (ROOT / EMBEDDED_DATA).resolve()
         return "local" if embedded or (data_dir is not None and (data_dir / "corpus.jsonl").exists()) else "google"
-    if value not in ENGINES:
-        raise UsageError(f"SEARCH_ENGINE must be one of {', '.join(ENGINES)} or auto, got {value!r}")
+    if value not in modes():
+        raise UsageError(f"SEARCH_ENGINE must be one of {', '.join(modes())} or auto, got {value!r}")
     return value
 
 
@@ -178,12 +178,13 @@ def build_setup(v: dict[str, str], overrides: list[str], data_files: list[str], 
         f"search.val_mode={engine}",
         f"search.max_turns={max_turns}",
         f"search.topk={topk}",
-        f"search.corpus_path={corpus}",
         f"search.retriever_url={v['RETRIEVER_URL']}",
         f"search.simulation_llm={v['SIMULATION_LLM']}",
         f"search.ips=[{v['IP']}]",
         f"search.port={port}",
     ]
+    if engine == "local":  # the one engine that reads a corpus (the search section refuses a key that does nothing)
+        ov.append(f"search.corpus_path={corpus}")
     try:
         cfg = compose_config("zerosearch", ov + overrides)
         device = resolve_device(cfg.trainer.device)
@@ -255,7 +256,7 @@ def build_search(setup: Setup, server_log: Path):
     from zerosearch.search import build_search_backend
 
     server = None
-    if setup.engine in launch.SIM_MODES:
+    if is_simulated(setup.engine):
         server = launch._ensure_simulator({**setup.values, "SEARCH_MODE": setup.engine}, server_log)
     try:  # search.val_mode is the engine: build_setup sets it
         backend = build_search_backend(val_search_config(setup.cfg))
@@ -280,8 +281,8 @@ def build_engine(setup: Setup):
 def build_parts(setup: Setup, server_log: Path) -> Parts:
     from transformers import AutoTokenizer
 
-    from zerosearch.rollout.factory import make_search_rollout_fn
     from zerosearch.reward_fn import make_reward_fn
+    from zerosearch.rollout.factory import make_search_rollout_fn
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(setup.model_dir)

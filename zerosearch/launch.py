@@ -24,7 +24,6 @@ logger = logging.getLogger("zerosearch.launch")
 
 ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_DATA = "data/embedded"
-SIM_MODES = ("simulate_prompt", "simulate_sft")
 SERVER_KV_GIB = 0.5  # KV cache of a simulation server the launcher starts on CPU (VLLM_CPU_KVCACHE_SPACE overrides)
 CPU_TOKEN_BUDGET = 2048  # tokens per micro-batch per worker on CPU (ppo_max_token_len_per_gpu)
 
@@ -32,6 +31,7 @@ CPU_TOKEN_BUDGET = 2048  # tokens per micro-batch per worker on CPU (ppo_max_tok
 KEYS: dict[str, tuple[str, str]] = {
     # the original ZeroSearch keys
     "NUM_GPUS_PER_NODE": ("auto", "workers per node (GPUs; on CPU: processes, auto = 1)"),
+    "NNODES": ("1", "nodes of the Ray cluster (> 1: joins the running cluster, trainer.ray_address=auto; see README)"),
     "MODEL_PATH": ("embedded", "policy model: HF dir, hub id, or 'embedded'"),
     "DATA_PATH": (EMBEDDED_DATA, "dir with train.parquet and test.parquet"),
     "TOTAL_STEPS": ("auto", "training steps (auto: 203 on GPU as the original, 20 on CPU)"),
@@ -200,7 +200,7 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
         v["SAVE_FREQ"] = "1" if cpu else v["TOTAL_STEPS"]
     if v["TEST_FREQ"] == "auto":
         v["TEST_FREQ"] = v["TOTAL_STEPS"]
-    for k in ("NUM_GPUS_PER_NODE", "TOTAL_STEPS", "SAVE_FREQ", "TEST_FREQ", "TRAIN_BATCH_SIZE", "ROLLOUT_N",
+    for k in ("NUM_GPUS_PER_NODE", "NNODES", "TOTAL_STEPS", "SAVE_FREQ", "TEST_FREQ", "TRAIN_BATCH_SIZE", "ROLLOUT_N",
               "MAX_TURNS", "TOPK", "PORT"):
         _num(v, k, int)
     for k in ("START_THRESHOLD", "END_THRESHOLD", "LR", "SAVE_MINUTES"):
@@ -220,6 +220,7 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
     ov = [
         f"trainer.device={v['DEVICE']}",
         f"trainer.n_gpus_per_node={int(v['NUM_GPUS_PER_NODE'])}",
+        f"trainer.nnodes={int(v['NNODES'])}",
         f"trainer.total_training_steps={int(v['TOTAL_STEPS'])}",
         f"trainer.project_name={v['WANDB_PROJECT']}",
         f"trainer.experiment_name={name}",
@@ -249,9 +250,12 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
         f"search.end_threshold={float(v['END_THRESHOLD'])}",
         f"search.max_turns={int(v['MAX_TURNS'])}",
         f"search.topk={int(v['TOPK'])}",
-        f"search.corpus_path={corpus}",
         f"search.retriever_url={v['RETRIEVER_URL']}",
     ]
+    if "local" in (v["SEARCH_MODE"], search_engine):  # the BM25 corpus is a key of the local engine only
+        ov.append(f"search.corpus_path={corpus}")
+    if int(v["NNODES"]) > 1 and not any(o.startswith("trainer.ray_address=") for o in launch.passthrough):
+        ov.append("trainer.ray_address=auto")  # several nodes: the cluster started with `ray start` (README)
     if v["CHECKPOINT_DIR"] != "auto":
         ov.append(f"trainer.default_local_dir={v['CHECKPOINT_DIR']}")
     # The batch shape must stay divisible: mini-batch = whole batch (one update per step, as on CPU).
@@ -280,7 +284,9 @@ def run_dir(overrides: list[str]) -> Path:
 
 
 def _simulator_needed(v: dict[str, str]) -> bool:
-    return v["SEARCH_MODE"] in SIM_MODES
+    from zerosearch.search import registry
+
+    return registry.is_simulated(v["SEARCH_MODE"])
 
 
 def _local_model(path: str) -> bool:
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "zerosearch", *overrides]
     if parse_bool(launch.values["DRY_RUN"], "DRY_RUN"):
         print(" ".join(cmd))
-        return 0
+        return _print_placement(overrides)
     from verl.utils import reaper
 
     reaper.guard()  # SIGTERM / SIGHUP stop what this starts, like Ctrl-C; a reaper covers a SIGKILL of this process
@@ -341,6 +347,22 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+
+
+def _print_placement(overrides: list[str]) -> int:
+    """The dry run's second part: the trainer's config validated and its placement (with trainer.ray_address, as
+    that cluster places the ranks), or the config error (exit 2)."""
+    from verl.trainer.config import ConfigError
+    from verl.trainer.main_ppo import compose_config, placement_report
+
+    try:
+        cfg = compose_config("zerosearch", overrides)
+        lines = placement_report(cfg)
+    except (ConfigError, ValueError) as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return 0
 
 
 def _stop_trainer(proc: subprocess.Popen, exc: BaseException, grace_s: float = 60.0) -> int:

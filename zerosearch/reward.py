@@ -4,7 +4,10 @@ The policy's response is a sequence of blocks::
 
     <think>..</think>? (<search>q</search> <information>docs</information> <think>..</think>?)* <answer>a</answer>
 
-`<information>` blocks are written by the framework (the search backend), everything else by the policy.
+`<information>` blocks are written by the framework (the search backend), everything else by the policy. With
+`search.action_format=tool_call` a search is `<tool_call>{"name": "search", ...}</tool_call>` instead of
+`<search>q</search>` (the documents still come inside `<information>`, in the tool turn); the format rules treat
+both blocks as a search.
 The training reward is the token F1 (ZeroSearch's choice) or exact match of the extracted answer with the
 gold answers, optionally shaped by a format term (see `combine_score`).
 
@@ -31,8 +34,10 @@ import re
 import string
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from verl.utils.config_loader import from_dict
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +46,8 @@ METRICS = ("f1", "em", "substring")
 # End-of-sequence markers that may survive decoding; allowed after the final </answer>.
 EOS_MARKERS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "</s>", "<eos>")
 
-_TAG_RE = re.compile(r"<(/?)(think|search|information|answer)>")
+SEARCH_BLOCKS = ("search", "tool_call")  # the blocks that are a search (tags / tool-call action formats)
+_TAG_RE = re.compile(r"<(/?)(think|search|tool_call|information|answer)>")
 _INFO_RE = re.compile(r"<information>.*?(?:</information>|\Z)", re.DOTALL)
 _ARTICLES_RE = re.compile(r"\b(a|an|the)\b")
 _PUNCT = frozenset(string.punctuation)
@@ -194,10 +200,10 @@ def _check_order(blocks: list[str]) -> str | None:
     for i, name in enumerate(blocks):
         prev = blocks[i - 1] if i else None
         nxt = blocks[i + 1] if i + 1 < len(blocks) else None
-        if name == "search" and nxt != "information":
-            return f"<search> #{blocks[: i + 1].count('search')} not followed by an <information> block"
-        if name == "information" and prev != "search":
-            return "<information> block not preceded by a <search> block"
+        if name in SEARCH_BLOCKS and nxt != "information":
+            return f"<{name}> #{blocks[: i + 1].count(name)} not followed by an <information> block"
+        if name == "information" and prev not in SEARCH_BLOCKS:
+            return "<information> block not preceded by a <search> (or <tool_call>) block"
     n_answer = blocks.count("answer")
     if n_answer == 0:
         return "no <answer> block"
@@ -212,7 +218,7 @@ def check_format(response: str, strict: bool = False) -> FormatResult:
     """Check the block grammar of a response; never raises.
 
     Valid when: tags are balanced and not nested (the content of `<information>` is opaque), every `<search>`
-    is immediately followed by an `<information>` block and every `<information>` follows a `<search>`,
+    (or `<tool_call>`) is immediately followed by an `<information>` block and every `<information>` follows one,
     `<think>` blocks are optional, there is exactly one `<answer>` and it is the final block, with only
     whitespace or end-of-sequence markers after it. With `strict=True` no text may sit outside blocks
     (Search-R1's rule); by default free text between blocks is tolerated (small models write some).
@@ -221,6 +227,7 @@ def check_format(response: str, strict: bool = False) -> FormatResult:
         return FormatResult(False, f"response must be a str, got {type(response).__name__}")
     blocks, error, last_end = _scan_blocks(response, strict)
     counts = {f"n_{t}": blocks.count(t) for t in TAGS}
+    counts["n_search"] += blocks.count("tool_call")
     if error is None:
         error = _check_order(blocks)
     if error is None and _strip_trailing_eos(response[last_end:]):
@@ -265,17 +272,8 @@ class RewardConfig:
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None, section: str = "reward") -> RewardConfig:
-        """Build from a mapping (dict / OmegaConf); unknown keys are rejected with the list of known ones."""
-        cfg = dict(cfg or {})
-        known = [f.name for f in fields(cls)]
-        unknown = sorted(set(cfg) - set(known))
-        if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(f'{section}.{k}' for k in unknown)}; known: {known}")
-        obj = cls.__new__(cls)
-        for f in fields(cls):
-            setattr(obj, f.name, cfg.get(f.name, f.default))
-        obj.validate(section)
-        return obj
+        """Build from a mapping (dict / OmegaConf) with the shared loader; errors name `<section>.<key>`."""
+        return from_dict(cls, cfg, f"{section}.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

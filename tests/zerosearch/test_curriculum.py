@@ -90,8 +90,9 @@ def test_bad_config_raises_naming_key(kwargs, needle):
 
 
 def test_base_one_is_fine_for_linear_and_unknown_key_rejected():
-    assert noise_probability(1, CurriculumConfig(schedule="linear", base=1, total_steps=2)) == pytest.approx(0.375)
-    with pytest.raises(ValueError, match=r"curriculum\.start_treshold.*known"):
+    assert noise_probability(1, CurriculumConfig(schedule="linear", start_threshold=0.25, base=1, total_steps=2)) \
+        == pytest.approx(0.375)
+    with pytest.raises(ValueError, match=r"curriculum\.start_treshold.*valid keys there:.*start_threshold"):
         CurriculumConfig.from_dict({"start_treshold": 0.1})
 
 

@@ -194,7 +194,7 @@ def test_reward_config_validation(kwargs, needle):
 
 
 def test_reward_config_unknown_key():
-    with pytest.raises(ValueError, match=r"reward\.metrc.*known"):
+    with pytest.raises(ValueError, match=r"reward\.metrc.*valid keys there:.*metric"):
         RewardConfig.from_dict({"metrc": "f1"})
 
 

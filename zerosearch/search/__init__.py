@@ -1,7 +1,8 @@
 """Search backends: simulated (an LLM writes the documents) and real (SerpAPI, HTTP retriever, local BM25).
 
 `build_search_backend(cfg)` is the one entry point: `cfg` is a `SearchConfig` or the plain `search:` dict
-of the trainer config, validated with errors that name `search.<key>`. Modes:
+of the trainer config, validated with errors that name `search.<key>`; `cfg.mode` names a class registered with
+`@register_backend` (`zerosearch.search.registry`; adding a backend is one decorated class). Built-in modes:
 
   simulate_prompt  an instruct model on an OpenAI-compatible server, prompted with a one-shot example
   simulate_sft     a fine-tuned simulator on such a server, short prompt (format in `sim_prompts`)
@@ -16,6 +17,10 @@ from __future__ import annotations
 
 from zerosearch.search.base import NO_INFORMATION, Doc, SearchBackend, SearchRequest, SearchResult, format_docs
 from zerosearch.search.config import SearchConfig
+from zerosearch.search.registry import backend_spec, register_backend
+
+# the built-in backends register their modes (in this order: the order of the modes in messages)
+from zerosearch.search import simulate, google, wiki, local  # noqa: E402, F401, I001  isort: skip
 
 __all__ = [
     "NO_INFORMATION",
@@ -26,28 +31,14 @@ __all__ = [
     "SearchResult",
     "build_search_backend",
     "format_docs",
+    "register_backend",
 ]
 
 
 def build_search_backend(cfg: SearchConfig | dict | None) -> SearchBackend:
-    """Build the backend named by `cfg.mode` (see the module docstring)."""
+    """Build the backend registered for `cfg.mode`, wrapped in the persistent cache when `cfg.cache_enabled`."""
     cfg = SearchConfig.from_any(cfg)
-    if cfg.mode in ("simulate_prompt", "simulate_sft"):
-        from zerosearch.search.simulate import SimulationBackend
-
-        return SimulationBackend(cfg)
-    if cfg.mode == "google":
-        from zerosearch.search.google import GoogleBackend
-
-        backend = GoogleBackend(cfg)
-    elif cfg.mode == "wiki":
-        from zerosearch.search.wiki import WikiBackend
-
-        backend = WikiBackend(cfg)
-    else:
-        from zerosearch.search.local import LocalBM25Backend
-
-        backend = LocalBM25Backend(cfg)
+    backend = backend_spec(cfg.mode).cls(cfg)
     if not cfg.cache_enabled:
         return backend
     from zerosearch.search.cache import CachedBackend, SearchCache

@@ -25,6 +25,9 @@ class SearchRequest:
     question: str = ""  # the sample's own question
     golden_answers: list[str] = field(default_factory=list)
     noise_p: float = 0.0  # probability that a simulator writes noisy documents for this call
+    # the noise draw's seed (the rollout derives it from the rollout seed, the row and the turn, so the draw does
+    # not depend on the order in which requests reach the backend); None: the backend's own seeded stream
+    seed: int | None = None
 
 
 @dataclass

@@ -1,9 +1,11 @@
 """Typed configuration of the search backends (the `search` section of the trainer config).
 
 `SearchConfig.from_any` turns a plain dict (Hydra's `search:` section, or the keys the train scripts map
-from `SEARCH_MODE`, `SIMULATION_LLM`, `IPS`, `TOPK`, ...) into a validated dataclass: unknown keys and
-wrong types fail with a message naming `search.<key>` and the valid keys; cross-field rules (a mode that
-needs a URL or a corpus) fail here too, before any rollout starts.
+from `SEARCH_MODE`, `SIMULATION_LLM`, `IPS`, `TOPK`, ...) into a validated dataclass with the shared loader
+(`verl.utils.config_loader`): unknown keys and wrong types fail with a message naming `search.<key>` and the
+valid keys; cross-field rules (a mode that needs a URL or a corpus) fail here too, before any rollout starts.
+The valid modes are the registered backends (`zerosearch.search.registry`); each field's default is set here
+only (the configs do not repeat them).
 
 Secrets: the SerpAPI key is read from the environment (`SER_API_KEY`, the original's name, or
 `SERPAPI_API_KEY`). A key put in the config is accepted but never shown in reprs or `to_dict()`.
@@ -14,31 +16,31 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verl.trainer.config import ConfigError, from_dict
+from verl.utils.config_loader import ConfigError, from_dict, plain
+from zerosearch.search.registry import backend_spec, check_backend_config
 
 logger = logging.getLogger(__name__)
 
-MODES = ("simulate_prompt", "simulate_sft", "google", "wiki", "local")
-SIMULATED_MODES = ("simulate_prompt", "simulate_sft")
 SERPAPI_KEY_ENVS = ("SER_API_KEY", "SERPAPI_API_KEY")
 DEFAULT_CORPUS = "data/embedded/corpus.jsonl"
 
 
 @dataclass
 class SearchConfig:
-    mode: str = "simulate_prompt"  # simulate_prompt | simulate_sft | google | wiki | local
-    topk: int = 5  # documents per search (the caller may pass another k per call)
+    mode: str = "simulate_prompt"  # a registered backend: simulate_prompt | simulate_sft | google | wiki | local
+    topk: int = 3  # documents per search (the caller may pass another k per call); the shipped runs' value
     # --- simulation LLM (OpenAI-compatible chat-completions server: sglang or vLLM) ---
     simulation_llm: str = "embedded"  # the served model name (`--served-model-name`)
     ips: list[str] = field(default_factory=lambda: ["127.0.0.1"])  # several: load-balanced; "a,b" accepted
     port: int = 6001
     temperature: float = 0.7
     top_p: float = 1.0
-    max_tokens: int = 384  # completion budget of one simulator call
+    max_tokens: int = 192  # completion budget of one simulator call (3 short documents)
     per_document_noise: bool = False  # draw useful/noisy per document instead of per call
     seed: int = 0  # RNG of the noise draws
     # --- reliability, shared by every remote engine ---
@@ -63,18 +65,19 @@ class SearchConfig:
     max_doc_chars: int = 1000  # documents are cut to this many characters
 
     def __post_init__(self) -> None:
-        if isinstance(self.ips, str):
-            self.ips = [self.ips]
-        self.ips =  [ip.strip() for item in self.ips for ip in str(item).split(",") if ip.strip()]
         self.validate()
 
     # ------------------------------------------------------------------------------------------
-    def validate(self) -> None:
+    def validate(self, section: str = "search") -> None:
+        """Field and cross-field rules; `section` prefixes the key names in the errors."""
         def need(cond: bool, msg: str) -> None:
             if not cond:
-                raise ConfigError(msg)
+                raise ConfigError(msg if section == "search" else msg.replace("search.", f"{section}."))
 
-        need(self.mode in MODES, f"search.mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if isinstance(self.ips, str):
+            self.ips = [self.ips]
+        self.ips = [ip.strip() for item in self.ips for ip in str(item).split(",") if ip.strip()]
+        spec = backend_spec(self.mode, f"{section}.mode")
         need(self.topk >= 1, f"search.topk must be >= 1, got {self.topk}")
         need(self.timeout_s > 0, f"search.timeout_s must be > 0, got {self.timeout_s}")
         need(self.max_retries >= 0, f"search.max_retries must be >= 0, got {self.max_retries}")
@@ -82,7 +85,7 @@ class SearchConfig:
         need(self.concurrency >= 1, f"search.concurrency must be >= 1, got {self.concurrency}")
         need(self.max_doc_chars >= 16, f"search.max_doc_chars must be >= 16, got {self.max_doc_chars}")
         need(self.retrieval_batch_size >= 1, "search.retrieval_batch_size must be >= 1")
-        if self.mode in SIMULATED_MODES:
+        if spec.simulated:
             need(bool(self.ips), "search.ips is empty: give the simulation server address(es), e.g. 127.0.0.1")
             need(1 <= self.port <= 65535, f"search.port must be a TCP port, got {self.port}")
             need(bool(self.simulation_llm), "search.simulation_llm is empty: give the server's served model name")
@@ -93,16 +96,17 @@ class SearchConfig:
                 "search.use_cache=true with a simulated mode: simulated results are random draws "
                 "(useful/noisy) and must not be cached; set search.use_cache=null or false",
             )
-        if self.mode == "wiki":
-            need(
-                self.retriever_url.startswith(("http://", "https://")),
-                f"search.retriever_url must be an http(s) URL, got {self.retriever_url!r}",
-            )
+        check_backend_config(spec, self)
+
+    @property
+    def simulated(self) -> bool:
+        """The mode is an LLM simulator (noise curriculum, never cached), not a real engine."""
+        return backend_spec(self.mode).simulated
 
     @property
     def cache_enabled(self) -> bool:
         if self.use_cache is None:
-            return self.mode in ("google", "wiki")
+            return backend_spec(self.mode).cached
         return bool(self.use_cache)
 
     @property
@@ -139,17 +143,13 @@ class SearchConfig:
         return d
 
     @classmethod
-    def from_any(cls, cfg: SearchConfig | dict | None) -> SearchConfig:
+    def from_any(cls, cfg: SearchConfig | Mapping[str, Any] | None) -> SearchConfig:
+        """A `SearchConfig` as is, else one built from a mapping (dict / OmegaConf) by the shared loader."""
         if isinstance(cfg, cls):
             return cfg
-        if cfg is not None and not isinstance(cfg, dict):
-            if type(cfg).__name__ == "DictConfig":  # Hydra/OmegaConf section
-                from omegaconf import OmegaConf
-
-                cfg = OmegaConf.to_container(cfg, resolve=True)
-            else:
-                raise ConfigError(f"search config must be a mapping or SearchConfig, got {type(cfg).__name__}")
-        data = dict(cfg or {})
+        if cfg is not None and not isinstance(cfg, Mapping) and type(cfg).__name__ != "DictConfig":
+            raise ConfigError(f"search config must be a mapping or SearchConfig, got {type(cfg).__name__}")
+        data = plain(cfg, "search")
         if isinstance(data.get("ips"), str):
             data["ips"] = data["ips"].split(",")
         if data.get("serpapi_key"):

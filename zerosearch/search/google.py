@@ -5,8 +5,8 @@ knowledge graph, when present, comes first. The key comes from env `SER_API_KEY`
 `SERPAPI_API_KEY`; it is never logged: error texts (which carry request URLs) are masked, the backend's
 repr hides it, and a log filter masks it in urllib3's DEBUG lines. `serpapi_base_url` (or env
 `SERPAPI_BASE_URL`) points the client elsewhere, e.g. a local server answering in SerpAPI's JSON shape in
-tests. Calls run `concurrency` at a time, each with the shared bounded retry policy; a SerpAPI
-"no results" answer is an empty, successful result.
+tests. Calls run `concurrency` at a time, each with the shared bounded retry policy (`http_retry`); a SerpAPI
+"no results" answer is an empty, successful result. Registered as the mode `google`, cached by default.
 """
 
 from __future__ import annotations
@@ -21,14 +21,9 @@ import serpapi
 
 from zerosearch.search.base import Doc, SearchRequest, SearchResult
 from zerosearch.search.config import SearchConfig, mask_secret
-from zerosearch.search.metrics import (
-    MeteredBackend,
-    SearchMetrics,
-    TransientError,
-    blank_result,
-    call_with_retries,
-    failed_result,
-)
+from zerosearch.search.http_retry import TransientError, call_with_retries
+from zerosearch.search.metrics import MeteredBackend, SearchMetrics, blank_result, failed_result
+from zerosearch.search.registry import register_backend
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +63,8 @@ class _MaskSecret(logging.Filter):
 URL_LOGGERS = ("urllib3.connectionpool",)
 
 
+@register_backend("google", cached=True, keys=("serpapi_key", "serpapi_base_url", "serp_params", "serp_answer_box",
+                                               "timeout_s", "max_retries", "backoff_s", "concurrency"))
 class GoogleBackend(MeteredBackend):
     name = "google"
 
@@ -125,7 +122,7 @@ class GoogleBackend(MeteredBackend):
                 what="SerpAPI search",
             )
         except Exception as exc:  # noqa: BLE001 - engine faults become ok=False
-            logger.warning("google search failed for %r: %s", req.query[:80], mask_secret(str(exc), self._key))
+            logger.warning("google search for %r: %s", req.query[:80], mask_secret(str(exc), self._key))
             return failed_result(time.perf_counter() - t0)
         docs = docs_from_serp(data, topk, self.cfg.serp_answer_box, self.cfg.max_doc_chars)
         return SearchResult(docs=docs, ok=True, latency_s=time.perf_counter() - t0)

@@ -2,6 +2,7 @@
 
 No server, no network: the default real engine on a laptop or CI box, and the evaluation engine of the
 embedded world. The index is built once per corpus content and cached on disk (`zerosearch.retriever.index`).
+Registered as the mode `local`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from zerosearch.retriever.index import BM25Index
 from zerosearch.search.base import Doc, SearchRequest, SearchResult
 from zerosearch.search.config import SearchConfig
 from zerosearch.search.metrics import MeteredBackend, SearchMetrics, blank_result
+from zerosearch.search.registry import register_backend
 
 
+@register_backend("local", keys=("corpus_path", "index_dir"))
 class LocalBM25Backend(MeteredBackend):
     name = "local"
 

@@ -1,4 +1,4 @@
-"""Search metrics and the retry policy shared by every remote engine.
+"""Search metrics shared by every backend.
 
 `SearchMetrics` accumulates one record per answered request (thread-safe) and `pop()` returns the
 `search/*` scalars logged each training step:
@@ -10,27 +10,17 @@
   search/noisy_frac           mean fraction of noisy documents the simulator was asked for
   search/real_calls_avoided   simulated answers + cache hits: paid searches that did not happen
 
-`call_with_retries` is the one retry loop: bounded attempts with exponential backoff on transient errors
-(timeouts, connection errors, HTTP 5xx/429), immediate failure otherwise. The original client retried
-forever; here the caller turns the final exception into an empty `ok=False` result.
+The retry policy of the remote engines is `zerosearch.search.http_retry`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
 from zerosearch.search.base import SearchRequest, SearchResult
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
-
-
-class TransientError(Exception):
-    """A failure worth retrying (the engine may answer next time)."""
 
 
 class SearchMetrics:
@@ -88,33 +78,6 @@ class SearchMetrics:
                 out["search/noisy_frac"] = self.noisy_sum / self.noisy_n
             self._reset()
             return out
-
-
-def call_with_retries(
-    fn: Callable[[int], T],
-    *,
-    max_retries: int,
-    backoff_s: float,
-    what: str,
-    is_transient: Callable[[BaseException], bool] = lambda e: isinstance(e, TransientError),
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Run `fn(attempt)` up to 1 + max_retries times; re-raise the last error.
-
-    Transient errors are retried after backoff_s * 2**attempt seconds; any other error is raised at once.
-    `fn` receives the attempt number (0-based), so a caller can fail over to another endpoint.
-    """
-    attempt = 0
-    while True:
-        try:
-            return fn(attempt)
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if not is_transient(exc) or attempt >= max_retries:
-                raise
-            delay = backoff_s * (2**attempt)
-            logger.debug("%s: transient error (%s), retry %d/%d in %.2fs", what, exc, attempt + 1, max_retries, delay)
-            sleep(delay)
-            attempt += 1
 
 
 def blank_result() -> SearchResult:

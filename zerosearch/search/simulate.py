@@ -12,10 +12,11 @@ document was drawn noisy; the metric `search/noisy_frac` is the drawn fraction).
 order on the calling thread, so a seed fixes them regardless of network timing.
 
 Transport: httpx, a thread pool of `concurrency` workers, several servers balanced by least in-flight
-calls (ties round-robin); per-call timeout; transient faults (timeouts, connection errors, 5xx, 429)
-retried with exponential backoff on the next server, at most `max_retries` times; then the request gets
-an empty `ok=False` result (rendered "No information available") and counts as a failure. Never retries
-forever, never raises for an engine fault.
+calls (ties round-robin); per-call timeout; the shared retry policy (`http_retry`: transient faults,
+i.e. timeouts, connection errors, 5xx and 429, retried with exponential backoff, here on the next server, at
+most `max_retries` times; a 4xx fails at once); then the request gets an empty `ok=False` result (rendered
+"No information available") and counts as a failure. Never retries forever, never raises for an engine fault.
+Registered as the modes `simulate_prompt` and `simulate_sft` (`zerosearch.search.registry`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import httpx
 
 from zerosearch.search.base import Doc, SearchRequest, SearchResult
 from zerosearch.search.config import SearchConfig
-from zerosearch.search.metrics import SearchMetrics, TransientError, blank_result, call_with_retries, failed_result
+from zerosearch.search.http_retry import TransientError, call_with_retries, post_json
+from zerosearch.search.metrics import SearchMetrics, blank_result, failed_result
+from zerosearch.search.registry import register_backend
 from zerosearch.search.sim_prompts import NOISY, USEFUL, parse_documents, prompt_messages, sft_messages
 
 logger = logging.getLogger(__name__)
@@ -66,6 +69,9 @@ class EndpointPool:
             self.in_flight[i] -= 1
 
 
+@register_backend("simulate_prompt", "simulate_sft", simulated=True,
+                  keys=("simulation_llm", "ips", "port", "temperature", "top_p", "max_tokens", "per_document_noise",
+                        "seed", "timeout_s", "max_retries", "backoff_s", "concurrency"))
 class SimulationBackend:
     """`SearchBackend` answered by a simulation LLM (modes simulate_prompt / simulate_sft)."""
 
@@ -84,13 +90,15 @@ class SimulationBackend:
         self._warned_4xx = False
 
     # ------------------------------------------------------------------------------------------
-    def draw_kinds(self, noise_p: float, k: int) -> list[str]:
-        """Useful/noisy kind of each of the k documents (one draw, or k with per_document_noise)."""
+    def draw_kinds(self, noise_p: float, k: int, seed: int | None = None) -> list[str]:
+        """Useful/noisy kind of each of the k documents (one draw, or k with per_document_noise). A request's own
+        `seed` makes the draw independent of the order requests arrive in (the asynchronous rollout)."""
         if not 0.0 <= noise_p <= 1.0:
             raise ValueError(f"SearchRequest.noise_p must be in [0, 1], got {noise_p}")
+        rng = self._rng if seed is None else random.Random(seed)
         if self.cfg.per_document_noise:
-            return [NOISY if self._rng.random() < noise_p else USEFUL for _ in range(k)]
-        return [NOISY if self._rng.random() < noise_p else USEFUL] * k
+            return [NOISY if rng.random() < noise_p else USEFUL for _ in range(k)]
+        return [NOISY if rng.random() < noise_p else USEFUL] * k
 
     def messages(self, req: SearchRequest, kind: str, k: int) -> list[dict[str, str]]:
         build = sft_messages if self.style == "sft" else prompt_messages
@@ -106,7 +114,7 @@ class SimulationBackend:
                 plans.append(None)
                 futures.append({})
                 continue
-            kinds = self.draw_kinds(req.noise_p, topk)
+            kinds = self.draw_kinds(req.noise_p, topk, req.seed)
             plans.append(kinds)
             futures.append({kind: self._executor.submit(self._call, req, kind, kinds.count(kind))
                             for kind in (USEFUL, NOISY) if kind in kinds})
@@ -149,7 +157,7 @@ class SimulationBackend:
                 what=f"simulation call for {req.query[:60]!r}",
             )
         except Exception as exc:  # noqa: BLE001 - every engine fault becomes ok=False
-            logger.warning("simulated search failed after %d attempt(s): %s", self.cfg.max_retries + 1, exc)
+            logger.warning("simulated search: %s", exc)
             return None, time.perf_counter() - t0
         return parse_documents(text, k, self.cfg.max_doc_chars), time.perf_counter() - t0
 
@@ -157,21 +165,16 @@ class SimulationBackend:
         i = self.pool.acquire(avoid=failed[0])
         url = self.pool.urls[i] + "/v1/chat/completions"
         try:
-            resp = self._http.post(url, json=body)
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            answer = post_json(self._http, url, body, explain=self._explain_4xx)
+        except TransientError:
             failed[0] = i
-            raise TransientError(f"{url}: {type(exc).__name__}: {exc}") from exc
+            raise
         finally:
             self.pool.release(i)
-        if resp.status_code >= 500 or resp.status_code == 429:
-            failed[0] = i
-            raise TransientError(f"{url}: HTTP {resp.status_code}: {resp.text[:200]}")
-        if resp.status_code != 200:
-            raise RuntimeError(self._explain_4xx(url, resp))
         try:
-            return resp.json()["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise RuntimeError(f"{url}: not a chat-completions answer: {resp.text[:200]}") from exc
+            return answer["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError) as exc:
+            raise RuntimeError(f"{url}: not a chat-completions answer: {str(answer)[:200]}") from exc
 
     def _explain_4xx(self, url: str, resp: httpx.Response) -> str:
         msg = f"{url}: HTTP {resp.status_code}: {resp.text[:300]}"

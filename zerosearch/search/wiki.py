@@ -3,8 +3,8 @@ over a Wikipedia dump, or Search-R1's own e5 retriever).
 
 Request `POST {retriever_url}/retrieve {"queries": [...], "topk": k, "return_scores": true}`, answer
 `{"result": [[{"document": {"id", "contents": "\\"Title\\"\\ntext"}, "score"}, ...], ...]}`. Queries go in
-batches of `retrieval_batch_size`; a batch that still fails after the retries gives `ok=False` results
-for its requests only.
+batches of `retrieval_batch_size`, each under the shared retry policy (`http_retry`); a batch that still fails
+gives `ok=False` results for its requests only. Registered as the mode `wiki`, cached by default.
 """
 
 from __future__ import annotations
@@ -14,17 +14,13 @@ import time
 
 import httpx
 
+from verl.utils.config_loader import ConfigError
 from zerosearch.retriever.index import split_contents
 from zerosearch.search.base import Doc, SearchRequest, SearchResult
 from zerosearch.search.config import SearchConfig
-from zerosearch.search.metrics import (
-    MeteredBackend,
-    SearchMetrics,
-    TransientError,
-    blank_result,
-    call_with_retries,
-    failed_result,
-)
+from zerosearch.search.http_retry import call_with_retries, post_json
+from zerosearch.search.metrics import MeteredBackend, SearchMetrics, blank_result, failed_result
+from zerosearch.search.registry import register_backend
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +39,15 @@ def docs_from_hits(hits: list, max_chars: int) -> list[Doc]:
     return docs
 
 
+@register_backend("wiki", cached=True, keys=("retriever_url", "retrieval_batch_size", "timeout_s", "max_retries",
+                                             "backoff_s"))
 class WikiBackend(MeteredBackend):
     name = "wiki"
+
+    @staticmethod
+    def check_config(cfg: SearchConfig) -> None:
+        if not cfg.retriever_url.startswith(("http://", "https://")):
+            raise ConfigError(f"search.retriever_url must be an http(s) URL, got {cfg.retriever_url!r}")
 
     def __init__(self, cfg: SearchConfig) -> None:
         self.cfg = cfg
@@ -57,17 +60,10 @@ class WikiBackend(MeteredBackend):
         return f"wiki:{self.cfg.retriever_url.rstrip('/')}"
 
     def _post(self, queries: list[str], topk: int) -> list[list]:
-        try:
-            resp = self._http.post(self.url, json={"queries": queries, "topk": topk, "return_scores": True})
-        except (httpx.TimeoutException, httpx.TransportError) as exc:
-            raise TransientError(f"{self.url}: {type(exc).__name__}: {exc}") from exc
-        if resp.status_code >= 500 or resp.status_code == 429:
-            raise TransientError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:200]}")
-        if resp.status_code != 200:
-            raise RuntimeError(f"{self.url}: HTTP {resp.status_code}: {resp.text[:300]}")
-        result = resp.json().get("result")
+        answer = post_json(self._http, self.url, {"queries": queries, "topk": topk, "return_scores": True})
+        result = answer.get("result") if isinstance(answer, dict) else None
         if not isinstance(result, list) or len(result) != len(queries):
-            raise RuntimeError(f"{self.url}: expected 'result' with {len(queries)} lists, got {resp.text[:200]}")
+            raise RuntimeError(f"{self.url}: expected 'result' with {len(queries)} lists, got {str(answer)[:200]}")
         return result
 
     def search(self, requests: list[SearchRequest], topk: int) -> list[SearchResult]:
@@ -87,7 +83,7 @@ class WikiBackend(MeteredBackend):
                     what="wiki retrieval",
                 )
             except Exception as exc:  # noqa: BLE001 - engine faults become ok=False
-                logger.warning("wiki retrieval of %d queries failed: %s", len(batch), exc)
+                logger.warning("wiki retrieval of %d queries: %s", len(batch), exc)
                 for i in batch:
                     results[i] = failed_result((time.perf_counter() - t0) / len(batch))
                 continue

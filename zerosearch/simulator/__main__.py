@@ -22,7 +22,6 @@ from verl.trainer.config import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 EMBEDDED_TRAIN = ROOT / "data" / "embedded" / "train.parquet"
-REAL_MODES = ("local", "wiki", "google")
 
 
 def _kv(items: list[str], what: str) -> dict[str, str]:
@@ -71,11 +70,12 @@ def cmd_collect(a: argparse.Namespace) -> int:
     import pandas as pd
 
     from zerosearch.search import build_search_backend
+    from zerosearch.search.registry import real_modes
     from zerosearch.simulator import collect as col
 
     cfg = _search_config(_kv(a.search, "--search"), "local")
-    if cfg.mode not in REAL_MODES:
-        raise SystemExit(f"error: collect needs a real engine (--search mode={'|'.join(REAL_MODES)}), got "
+    if cfg.simulated:
+        raise SystemExit(f"error: collect needs a real engine (--search mode={'|'.join(real_modes())}), got "
                          f"{cfg.mode!r}: a simulator cannot teach a simulator")
     queries: list = []
     for path in a.questions:
@@ -115,7 +115,7 @@ def cmd_finetune(a: argparse.Namespace) -> int:
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from verl.single_controller.dist import find_free_port
     from zerosearch.search import build_search_backend
-    from zerosearch.search.config import SIMULATED_MODES
+    from zerosearch.search.registry import simulated_modes
     from zerosearch.search.server_launch import start_simulation_server
     from zerosearch.simulator.quality import queries_from_rows, score
 
@@ -125,7 +125,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         raise SystemExit(f"error: {a.data} has no rows with split {a.split!r}")
     pairs = _kv(a.search, "--search")
     server = None
-    if a.model and a.mode in SIMULATED_MODES:
+    if a.model and a.mode in simulated_modes():
         port = find_free_port()
         server = start_simulation_server(a.model, port=port, served_name="simulator")
         pairs.update({"ips": "127.0.0.1", "port": str(port), "simulation_llm": "simulator"})
