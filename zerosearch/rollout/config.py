@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from verl.trainer.config import DataConfig
 from verl.utils.config_loader import from_dict
 from zerosearch.rollout.actions import (
     ACTION_FORMATS,
@@ -20,6 +21,7 @@ from zerosearch.rollout.actions import (
     ActionFormat,
     action_format,
 )
+from zerosearch.search.config import SearchConfig
 
 OBSERVATION_FORMATS = ("inline", "chat")
 FINAL_TURN_MODES = ("answer", "none")
@@ -60,10 +62,11 @@ class GenerationConfig:
     """
 
     max_turns: int = 2
-    max_prompt_length: int = 512
-    max_response_length: int = 256
-    max_obs_length: int = 256
-    topk: int = 3
+    # the trainer sets these four from data.* and search.topk; standalone defaults are those sections' own
+    max_prompt_length: int = field(default_factory=lambda: DataConfig().max_prompt_length)
+    max_response_length: int = field(default_factory=lambda: DataConfig().max_response_length)
+    max_obs_length: int = field(default_factory=lambda: DataConfig().max_obs_length)
+    topk: int = field(default_factory=lambda: SearchConfig.__dataclass_fields__["topk"].default)
     observation_format: str | None = None  # None: the action format's
     observation_role: str | None = None  # None: the action format's
     stop: list[str] | None = None  # None: the action format's search stop and </answer>
