@@ -79,8 +79,12 @@ def question_frame(questions: list[tuple[str, list[str]]], style: str):
     import numpy as np
     import pandas as pd
 
-    from zerosearch.data.prompts import build_prompt
+    from zerosearch.data.prompts import build_prompt, prompt_tools
 
+    try:
+        tools = prompt_tools(style)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     rows = []
     for i, (q, golds) in enumerate(questions):
         try:
@@ -90,6 +94,8 @@ def question_frame(questions: list[tuple[str, list[str]]], style: str):
         rows.append({"id": f"infer_{i}", "question": q, "golden_answers": np.array(golds, dtype=object),
                      "data_source": "infer", "prompt": prompt,
                      "reward_model": {"style": "rule", "ground_truth": {"target": np.array(golds, dtype=object)}}})
+        if tools is not None:
+            rows[-1]["tools"] = tools
     return pd.DataFrame(rows)
 
 

@@ -2,7 +2,9 @@
 
 Rows follow the Search-R1/ZeroSearch schema (`prompt` as a chat list, `reward_model.ground_truth`,
 `data_source`, `extra_info.index`). Each row is tokenised once with the chat template; the trainer
-ships token ids (`prompt_ids`) and the raw fields to the rollout and reward functions.
+ships token ids (`prompt_ids`) and the raw fields to the rollout and reward functions. A row's optional `tools`
+column (a JSON list of OpenAI-style function schemas) goes to the template's `tools=`, as tool-calling models
+(Qwen2.5, Hermes) are prompted.
 
 Training batches drop the last partial batch (a step needs a full batch); validation never drops
 rows (the original scored Bamboogle on 72 of its 125 questions). The iterator's position is part of
@@ -11,6 +13,7 @@ the checkpoint so a resumed run sees the same data order.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +34,21 @@ def prompt_options(data) -> dict:
     training, validation, evaluation and inference tokenise a question the same way."""
     return dict(prompt_key=data.prompt_key, max_prompt_length=data.max_prompt_length, truncation=data.truncation,
                 apply_chat_template=data.apply_chat_template, assistant_prefix=data.assistant_prefix)
+
+
+def row_tools(value, key: str, row: int) -> list[dict] | None:
+    """A row's `tools` cell (JSON string or list; null: none) as the list the chat template's `tools=` takes."""
+    value = to_plain(value)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"{key}: row {row}: column 'tools' is not valid JSON ({e})") from e
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ValueError(f"{key}: row {row}: column 'tools' must be a JSON list of tool schemas, got {value!r:.80}")
+    return value
 
 
 class PromptDataset:
@@ -91,7 +109,9 @@ class PromptDataset:
             rec = df.iloc[i]
             messages = to_plain(rec[prompt_key])
             if apply_chat_template:
-                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+                tools = row_tools(rec["tools"], key, i) if "tools" in df.columns else None
+                extra = {"tools": tools} if tools is not None else {}
+                ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
                 if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                     ids = ids["input_ids"]
             else:

@@ -11,7 +11,8 @@ FlashRAG rows carry `id`, `question` and `golden_answers`; every output row gets
 the output file (0..n-1), so GRPO groups never collide across sources (a defect of the original, which
 reused per-source indices). `--test-per-source N` subsamples each test source with a seeded rng, except
 Bamboogle, kept whole (125 questions). Prompts use the zero-shot `INSTRUCTION` (`--style oneshot` for the
-demonstration prompt of small models).
+demonstration prompt of small models; `--style tool_call` for `search.action_format=tool_call`, whose rows also
+carry the search tool's schema in a `tools` column for the chat template).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from zerosearch.data.prompts import STYLES, build_prompt
+from zerosearch.data.prompts import STYLES, build_prompt, prompt_tools
 from zerosearch.data.schema import check_parquet, make_row, write_parquet
 
 logger = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ def build_split(kind: str, sources: Sequence[str], per_source: int | None, seed:
     """Schema rows of one output file (train or test) and a per-source summary."""
     rows: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
+    tools = prompt_tools(style)
     for name in sources:
         records, split, origin = load_local(name, kind, local_dir) if local_dir else load_hub(name, kind)
         keep = subsample(len(records), per_source, name, seed)
@@ -135,6 +137,8 @@ def build_split(kind: str, sources: Sequence[str], per_source: int | None, seed:
                 continue
             rows.append(make_row(f"{name}_{pos}", question, answers, name, build_prompt(question, style), kind,
                                  len(rows), source_split=split, source_id=str(records[pos].get("id", pos))))
+            if tools is not None:
+                rows[-1]["tools"] = tools
         if skipped:
             logger.warning("%s: skipped %d rows with only empty golden answers", origin, skipped)
         summary[name] = {"origin": origin, "rows_in_source": len(records), "rows": len(keep) - skipped}

@@ -9,6 +9,8 @@ Columns (one row per question):
     ability         str, e.g. "fact-reasoning"
     reward_model    {"style": "rule", "ground_truth": {"target": list[str] (non-empty)}}
     extra_info      {"split": str, "index": int unique over the file, ...}
+    tools           optional: the tool schemas passed to the chat template's `tools=`, a JSON string of a list
+                    (prompt style "tool_call"; see zerosearch/data/prompts.py)
 
 `check_dataframe` / `check_parquet` raise `SchemaError` (a ValueError) naming the file, the column, what
 was expected, what was found and at which row. The variants real files have are accepted: pyarrow hands
@@ -20,6 +22,7 @@ byte-identical files.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -33,6 +36,7 @@ import pyarrow.parquet as pq
 ALL_COLUMNS = ("id", "question", "golden_answers", "data_source", "prompt", "ability", "reward_model", "extra_info")
 # What the trainer needs; `id` and `ability` are checked when present.
 REQUIRED_COLUMNS = ("question", "golden_answers", "data_source", "prompt", "reward_model", "extra_info")
+OPTIONAL_COLUMNS = ("tools",)  # written when the rows have them
 ROLES = ("system", "user", "assistant")
 
 
@@ -114,6 +118,20 @@ def _extra_info_problem(value: Any) -> str | None:
     return None
 
 
+def _tools_problem(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"{_found(value)} (expected a JSON string)"
+    try:
+        tools = json.loads(value)
+    except ValueError as exc:
+        return f"invalid JSON ({exc})"
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        return "JSON that is not a list of objects"
+    return None
+
+
 CHECKS: dict[str, tuple[str, Callable[[Any], str | None]]] = {
     "id": ("a str", _str_problem),
     "question": ("a non-empty str", _str_problem),
@@ -123,6 +141,7 @@ CHECKS: dict[str, tuple[str, Callable[[Any], str | None]]] = {
     "ability": ("a str", _str_problem),
     "reward_model": ("a dict {'style': ..., 'ground_truth': {'target': list of str}}", _reward_model_problem),
     "extra_info": ("a dict with an int 'index'", _extra_info_problem),
+    "tools": ("a JSON string of a list of tool schemas (or null)", _tools_problem),
 }
 
 
@@ -175,6 +194,7 @@ FIXED_TYPES = {
     "data_source": pa.string(),
     "prompt": pa.list_(MESSAGE_TYPE),
     "ability": pa.string(),
+    "tools": pa.string(),
     "reward_model": pa.struct([("style", pa.string()),
                                ("ground_truth", pa.struct([("target", pa.list_(pa.string()))]))]),
 }
@@ -196,9 +216,10 @@ def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
     if not rows:
         raise ValueError(f"refusing to write {path}: no rows")
     check_dataframe(pd.DataFrame(rows), f"{path} (before writing)")
-    arrays = {c: pa.array([r[c] for r in rows], type=FIXED_TYPES[c]) for c in FIXED_TYPES}
+    columns = ALL_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in rows[0])
+    arrays = {c: pa.array([r.get(c) for r in rows], type=FIXED_TYPES[c]) for c in FIXED_TYPES if c in columns}
     arrays["extra_info"] = pa.array([r["extra_info"] for r in rows])
-    table = pa.table({c: arrays[c] for c in ALL_COLUMNS})
+    table = pa.table({c: arrays[c] for c in columns})
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path)
     return path

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zerosearch.data.prompts import DEMO_NAMES, STYLES, build_prompt
+from zerosearch.data.prompts import DEMO_NAMES, STYLES, build_prompt, prompt_tools
 from zerosearch.data.schema import make_row, write_parquet
 from zerosearch.data.world_build import Entity, build_world
 from zerosearch.data.world_questions import ONE_HOP, TWO_HOP, Question, make_questions
@@ -100,10 +100,16 @@ def split_questions(questions: list[Question], n_train: int, n_test: int, two_ho
 
 
 def to_rows(questions: list[Question], split: str, start_index: int, style: str) -> list[dict[str, Any]]:
-    """Schema rows; extra_info carries split, index and the question's entity / bridge / relation."""
-    return [make_row(f"embedded_{split}_{i}", q.question, q.answers, q.data_source, build_prompt(q.question, style),
+    """Schema rows; extra_info carries split, index and the question's entity / bridge / relation (and the `tools`
+    column for the tool_call style)."""
+    tools = prompt_tools(style)
+    rows = [make_row(f"embedded_{split}_{i}", q.question, q.answers, q.data_source, build_prompt(q.question, style),
                      split, start_index + i, entity=q.entity, bridge=q.bridge, relation=q.relation)
             for i, q in enumerate(questions)]
+    if tools is not None:
+        for row in rows:
+            row["tools"] = tools
+    return rows
 
 
 def _dump_json(obj: Any, path: Path) -> None:
