@@ -5,8 +5,11 @@ tqdm, so live bars are redrawn below it; on a non-terminal the bar is off and on
 turns on the per-phase bars of `verl.utils.progress` for its lifetime.
 
 W&B runs offline when no API key is configured, so a laptop or CI run still produces a run directory
-that `wandb sync` can upload later. Secrets never reach a logger: the config is redacted first
-(any key that looks like a key/token/secret/password is replaced).
+that `wandb sync` can upload later. A resumed run continues the same W&B run, as verl's does: the run id is kept in
+`<log_dir>/wandb_run_id` (written by the first session; `WANDB_RUN_ID` in the environment takes precedence) and
+passed to `wandb.init(id=..., resume="allow")`. Secrets never reach a logger: the config is redacted first
+(any key that looks like a key/token/secret/password is replaced), and so is the command line W&B records in its
+run metadata (`+search.serpapi_key=...` there would otherwise be written into the run files).
 """
 
 from __future__ import annotations
@@ -15,8 +18,12 @@ import json
 import logging
 import math
 import os
+import re
+import secrets
+import string
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +32,10 @@ from verl.utils.console import console_write
 
 logger = logging.getLogger(__name__)
 
-SECRET_MARKERS = ("api_key", "apikey", "secret", "token", "password", "serpapi_key", "ser_api_key")
+SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "serpapi_key", "ser_api_key")  # anywhere in a key
 KNOWN_BACKENDS = ("console", "jsonl", "wandb")
+RUN_ID_FILE = "wandb_run_id"
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -49,8 +58,7 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            lk = str(k).lower()
-            if any(m in lk for m in SECRET_MARKERS) and not isinstance(v, (dict, list)) and v not in (None, ""):
+            if _secret_name(str(k)) and not isinstance(v, (dict, list)) and v not in (None, ""):
                 out[k] = "***"
             else:
                 out[k] = redact(v)
@@ -58,6 +66,63 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, list):
         return [redact(v) for v in obj]
     return obj
+
+
+def _secret_name(name: str) -> bool:
+    """A secret-looking key: one of SECRET_MARKERS anywhere, or a last component `token` / `*_token` (hf_token,
+    access_token; not max_tokens or ppo_max_token_len_per_gpu)."""
+    lk = name.lower()
+    last = lk.rsplit(".", 1)[-1].lstrip("-+~")
+    return any(m in lk for m in SECRET_MARKERS) or last == "token" or last.endswith("_token")
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """A command line with the value of every secret-looking option replaced by '***': `key=value` overrides
+    (`+search.serpapi_key=sk`, `--api_key=sk`) and a value after a secret-looking flag or KEY (`--token sk`)."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        name, eq, _ = arg.partition("=")
+        if hide_next:
+            out.append("***")
+            hide_next = False
+        elif eq and _secret_name(name):
+            out.append(f"{name}=***")
+        else:
+            out.append(arg)
+            hide_next = not eq and _secret_name(arg)
+    return out
+
+
+@contextmanager
+def _redacted_argv():
+    """`sys.argv` redacted while W&B reads it (its run metadata records the command line)."""
+    saved = sys.argv
+    sys.argv = redact_argv(list(saved))
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def wandb_run_id(log_dir: str | Path) -> str:
+    """The W&B run id of the run in `log_dir`: `WANDB_RUN_ID` if set, else the one kept in `<log_dir>/wandb_run_id`,
+    else a new one, written there (atomically) so that a resumed session continues the same W&B run."""
+    env = os.environ.get("WANDB_RUN_ID")
+    if env:
+        return env
+    path = Path(log_dir) / RUN_ID_FILE
+    if path.exists():
+        run_id = path.read_text(encoding="utf-8").strip()
+        if not _RUN_ID.fullmatch(run_id):
+            raise ValueError(f"{path} holds {run_id[:80]!r}, not a W&B run id (letters, digits, - and _): "
+                             f"delete the file to start a new W&B run, or write the id of the run to continue")
+        return run_id
+    run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+    tmp = path.with_name(RUN_ID_FILE + ".tmp")
+    tmp.write_text(run_id + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return run_id
 
 
 def _fmt(v: float) -> str:
@@ -117,8 +182,11 @@ class Tracking:
             if not (os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE")):
                 os.environ["WANDB_MODE"] = "offline"
                 logger.info("no WANDB_API_KEY: wandb runs offline in %s", self.log_dir)
-            self._wandb = wandb.init(project=project, name=experiment, config=safe_config, dir=str(self.log_dir),
-                                     resume="allow")
+            run_id = wandb_run_id(self.log_dir)
+            with _redacted_argv():
+                self._wandb = wandb.init(project=project, name=experiment, config=safe_config, dir=str(self.log_dir),
+                                         id=run_id, resume="allow")
+            logger.info("W&B run %s (kept in %s for resumes)", run_id, self.log_dir / RUN_ID_FILE)
         self._t0 = time.time()
 
     def log(self, data: dict[str, float], step: int) -> None:

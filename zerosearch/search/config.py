@@ -44,7 +44,8 @@ class SearchConfig:
     per_document_noise: bool = False  # draw useful/noisy per document instead of per call
     seed: int = 0  # RNG of the noise draws
     # --- reliability, shared by every remote engine ---
-    timeout_s: float = 60.0  # per HTTP call
+    timeout_s: float = 60.0  # per HTTP attempt: its whole answer, in wall-clock time (not per byte)
+    deadline_s: float | None = None  # simulator: one call's attempts + backoffs in all; None: timeout_s x attempts
     max_retries: int = 3  # extra attempts after the first, on timeouts / connection errors / 5xx
     backoff_s: float = 0.5  # first retry delay; doubles on each retry
     concurrency: int = 16  # simultaneous calls in flight
@@ -80,6 +81,8 @@ class SearchConfig:
         spec = backend_spec(self.mode, f"{section}.mode")
         need(self.topk >= 1, f"search.topk must be >= 1, got {self.topk}")
         need(self.timeout_s > 0, f"search.timeout_s must be > 0, got {self.timeout_s}")
+        need(self.deadline_s is None or self.deadline_s > 0,
+             f"search.deadline_s must be > 0 seconds (or null: timeout_s x (1 + max_retries)), got {self.deadline_s}")
         need(self.max_retries >= 0, f"search.max_retries must be >= 0, got {self.max_retries}")
         need(self.backoff_s >= 0, f"search.backoff_s must be >= 0, got {self.backoff_s}")
         need(self.concurrency >= 1, f"search.concurrency must be >= 1, got {self.concurrency}")

@@ -12,10 +12,14 @@ document was drawn noisy; the metric `search/noisy_frac` is the drawn fraction).
 order on the calling thread, so a seed fixes them regardless of network timing.
 
 Transport: httpx, a thread pool of `concurrency` workers, several servers balanced by least in-flight
-calls (ties round-robin); per-call timeout; the shared retry policy (`http_retry`: transient faults,
-i.e. timeouts, connection errors, 5xx and 429, retried with exponential backoff, here on the next server, at
-most `max_retries` times; a 4xx fails at once); then the request gets an empty `ok=False` result (rendered
-"No information available") and counts as a failure. Never retries forever, never raises for an engine fault.
+calls (ties round-robin); the shared retry policy (`http_retry`: transient faults, i.e. timeouts, connection
+errors, 5xx and 429, retried with exponential backoff, here on the next server, at most `max_retries` times; a
+4xx fails at once). Time is bounded twice: each attempt's whole answer by `timeout_s` (wall clock, not per byte),
+and all attempts of one call with their backoffs by `deadline_s` (default `timeout_s * (1 + max_retries)`).
+An answer that is not a chat completion, whose `content` is not text, is empty, or holds no document is a
+malformed answer (not retried). Each of these faults gives the request an empty `ok=False` result (rendered
+"No information available"), counted in `search/failures`. Never retries forever, never raises for an engine
+fault.
 Registered as the modes `simulate_prompt` and `simulate_sft` (`zerosearch.search.registry`).
 """
 
@@ -71,7 +75,7 @@ class EndpointPool:
 
 @register_backend("simulate_prompt", "simulate_sft", simulated=True,
                   keys=("simulation_llm", "ips", "port", "temperature", "top_p", "max_tokens", "per_document_noise",
-                        "seed", "timeout_s", "max_retries", "backoff_s", "concurrency"))
+                        "seed", "timeout_s", "deadline_s", "max_retries", "backoff_s", "concurrency"))
 class SimulationBackend:
     """`SearchBackend` answered by a simulation LLM (modes simulate_prompt / simulate_sft)."""
 
@@ -148,33 +152,40 @@ class SimulationBackend:
             "max_tokens": self.cfg.max_tokens,
         }
         t0 = time.perf_counter()
+        deadline_s = self.cfg.deadline_s or self.cfg.timeout_s * (1 + self.cfg.max_retries)
+        end = time.monotonic() + deadline_s
         failed: list[int | None] = [None]  # the server that failed last: the retry goes elsewhere
         try:
-            text = call_with_retries(
-                lambda attempt: self._post(body, failed),
+            docs = call_with_retries(
+                lambda attempt: self._documents(self._post(body, failed, end), k),
                 max_retries=self.cfg.max_retries,
                 backoff_s=self.cfg.backoff_s,
                 what=f"simulation call for {req.query[:60]!r}",
+                deadline_s=deadline_s,
             )
         except Exception as exc:  # noqa: BLE001 - every engine fault becomes ok=False
             logger.warning("simulated search: %s", exc)
             return None, time.perf_counter() - t0
-        return parse_documents(text, k, self.cfg.max_doc_chars), time.perf_counter() - t0
+        return docs, time.perf_counter() - t0
 
-    def _post(self, body: dict, failed: list[int | None]) -> str:
+    def _documents(self, text: str, k: int) -> list[Doc]:
+        docs = parse_documents(text, k, self.cfg.max_doc_chars)
+        if not docs:
+            raise RuntimeError(f"the simulator's answer holds no document: {text[:200]!r}")
+        return docs
+
+    def _post(self, body: dict, failed: list[int | None], end: float) -> str:
         i = self.pool.acquire(avoid=failed[0])
         url = self.pool.urls[i] + "/v1/chat/completions"
         try:
-            answer = post_json(self._http, url, body, explain=self._explain_4xx)
+            answer = post_json(self._http, url, body, explain=self._explain_4xx,
+                               deadline=min(time.monotonic() + self.cfg.timeout_s, end))
         except TransientError:
             failed[0] = i
             raise
         finally:
             self.pool.release(i)
-        try:
-            return answer["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError) as exc:
-            raise RuntimeError(f"{url}: not a chat-completions answer: {str(answer)[:200]}") from exc
+        return chat_content(answer, url)
 
     def _explain_4xx(self, url: str, resp: httpx.Response) -> str:
         msg = f"{url}: HTTP {resp.status_code}: {resp.text[:300]}"
@@ -193,3 +204,21 @@ class SimulationBackend:
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._http.close()
+
+
+def chat_content(answer: object, url: str) -> str:
+    """The text of a chat-completions answer (`choices[0].message.content`); RuntimeError naming what is wrong."""
+    try:
+        choice = answer["choices"][0]  # type: ignore[index]
+        content = choice["message"]["content"]
+    except (KeyError, IndexError, TypeError) as exc:
+        raise RuntimeError(f"{url}: not a chat-completions answer (no choices[0].message.content): "
+                           f"{str(answer)[:200]}") from exc
+    if content is not None and not isinstance(content, str):
+        raise RuntimeError(f"{url}: choices[0].message.content is a {type(content).__name__}, not text: "
+                           f"{str(content)[:200]}")
+    if not (content or "").strip():
+        reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+        hint = " (finish_reason=length: raise search.max_tokens)" if reason == "length" else ""
+        raise RuntimeError(f"{url}: the simulator answered with empty content{hint}")
+    return content
