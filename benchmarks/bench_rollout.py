@@ -246,7 +246,7 @@ def main() -> None:
     ap.add_argument("--max-response-length", type=int, default=320)
     ap.add_argument("--max-obs-length", type=int, default=160)
     ap.add_argument("--topk", type=int, default=3)
-    ap.add_argument("--search-concurrency", type=int, default=8, help="search.max_concurrent_searches (async)")
+    ap.add_argument("--search-concurrency", type=int, default=32, help="search.max_concurrent_searches (async)")
     ap.add_argument("--sim-url", default=None, help="a running simulation server; default: start one")
     ap.add_argument("--sim-port", type=int, default=6011)
     ap.add_argument("--sim-max-tokens", type=int, default=192)

@@ -82,7 +82,9 @@ def cpu_table(results: Path) -> str:
 
 def gpu_plan(d: ModelDims, *, gpus: int = 4, hbm: float = 80 * GB, per_gpu_traj: int = 80, prompt: int = 512,
              resp: int = 1536, budgets: tuple[int, ...] = (2048, 4096, 8192)) -> str:
-    """GRPO with a reference model, gradient checkpointing, chunked head, colocated vLLM, per GPU."""
+    """Per GPU, colocated vLLM, gradient checkpointing, chunked head: GRPO with a reference model at each token
+    budget, with and without FSDP2's CPU offload (param_offload: parameters, gradients and Adam states on the host),
+    and PPO (GAE, KL in reward: reference + the critic on the same GPUs, half a bundle each)."""
     from verl.trainer.config import load_config
     from verl.utils.memory_fit import plan_config
     from verl.utils.memory_plan import Budget
@@ -91,27 +93,39 @@ def gpu_plan(d: ModelDims, *, gpus: int = 4, hbm: float = 80 * GB, per_gpu_traj:
     kv_need = per_gpu_traj * seq * d.kv_per_token(2)
     lines = [f"**{d.name}** ({P / 1e9:.2f} B params; per GPU: {per_gpu_traj} trajectories x {seq} tokens: KV "
              f"{kv_need / GB:.1f} GB, weights {2 * P / GB:.1f} GB in vLLM)", "",
-             "| token budget / GPU | gpu_memory_utilization | actor + ref peak GB | vLLM GB | total GB | fits |",
-             "|---|---|---|---|---|---|"]
+             "| algorithm | token budget / GPU | param_offload | gpu_memory_utilization | actor + ref GB | critic GB | "
+             "vLLM GB | total GB | fits | host GB / rank (offloaded states) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     util = round(min(0.9, (2 * P + kv_need + 3 * GB) / hbm + 0.005), 2)
-    for budget in budgets:
+    batch = per_gpu_traj * gpus // 5  # prompts per step: 5 samples each
+    rows = [("grpo", b, False) for b in budgets] + [("grpo", b, True) for b in budgets] + \
+        [("ppo", budgets[0], False), ("ppo", budgets[0], True)]
+    for algo, budget, offload in rows:
+        fsdp = {"param_offload": offload}
+        ppo = algo == "ppo"
         cfg = load_config({
-            "data": {"max_prompt_length": prompt, "max_response_length": resp, "train_batch_size": 512},
+            "data": {"max_prompt_length": prompt, "max_response_length": resp, "train_batch_size": batch},
             "actor_rollout_ref": {"model": {"enable_gradient_checkpointing": True}, "actor": {
-                "use_kl_loss": True, "use_dynamic_bsz": True, "ppo_max_token_len_per_gpu": budget,
-                "ppo_mini_batch_size": 256}, "rollout": {"n": 5, "gpu_memory_utilization": util}},
+                "use_kl_loss": not ppo, "use_dynamic_bsz": True, "ppo_max_token_len_per_gpu": budget,
+                "ppo_mini_batch_size": batch // 2, "fsdp_config": fsdp},
+                "rollout": {"n": 5, "gpu_memory_utilization": util}},
+            "critic": {"model": {"enable_gradient_checkpointing": True}, "use_dynamic_bsz": True,
+                       "ppo_max_token_len_per_gpu": budget, "fsdp_config": fsdp},
+            "algorithm": {"adv_estimator": "gae" if ppo else "grpo", "use_kl_in_reward": ppo},
             "trainer": {"n_gpus_per_node": gpus, "device": "cuda"}})
         plan = plan_config(cfg, "cuda", d, Budget(gpu=hbm, gpu_source="80 GB"))
-        actor, rollout = plan.get("actor").gpu, plan.get("rollout").gpu
-        lines.append(f"| {budget} | {util} | {actor / GB:.1f} | {rollout / GB:.1f} | {plan.gpu_total / GB:.1f} | "
-                     f"{'yes' if plan.gpu_total <= hbm else 'NO'} |")
+        actor, rollout, critic = plan.get("actor"), plan.get("rollout").gpu, plan.get("critic")
+        host = actor.host + (critic.host if critic else 0.0)
+        lines.append(f"| {algo.upper()} | {budget} | {'yes' if offload else 'no'} | {util} | {actor.gpu / GB:.1f} | "
+                     f"{critic.gpu / GB if critic else 0:.1f} | {rollout / GB:.1f} | {plan.gpu_total / GB:.1f} | "
+                     f"{'yes' if plan.gpu_total <= hbm else 'NO'} | {host / GB:.1f} |")
     return "\n".join(lines)
 
 
 def print_plan(results: Path = RESULTS) -> None:
     print("## CPU: SmolLM2-135M, the plan vs the measured peak RSS of bench_scaling's runs\n")
     print(cpu_table(results))
-    print("\n## GPU plan: 4 x 80 GB, FSDP full shard over 4, colocated vLLM, GRPO with KL (reference model)\n")
+    print("\n## GPU plan: 4 x 80 GB, FSDP full shard over 4, colocated vLLM (and critic, for PPO)\n")
     for d in (QWEN25_3B, QWEN25_7B):
         print(gpu_plan(d) + "\n")
 

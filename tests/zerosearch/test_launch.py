@@ -212,3 +212,12 @@ def test_a_started_simulation_server_is_counted_by_the_memory_plan(monkeypatch):
     finally:
         child.kill()
         child.wait()
+
+
+def test_nnodes_joins_the_running_cluster():
+    ov = _ov(build_overrides(parse_args("grpo", ["NNODES", "2", "NUM_GPUS_PER_NODE", "8"]), gpu=True))
+    assert ov["trainer.nnodes"] == "2" and ov["trainer.n_gpus_per_node"] == "8"
+    assert ov["trainer.ray_address"] == "auto"
+    ov = build_overrides(parse_args("grpo", ["NNODES", "2", "trainer.ray_address=10.0.0.1:6379"]), gpu=True)
+    assert [o for o in ov if o.startswith("trainer.ray_address=")] == ["trainer.ray_address=10.0.0.1:6379"]
+    assert "trainer.ray_address" not in _ov(build_overrides(parse_args("grpo", []), gpu=True))

@@ -14,10 +14,12 @@ can join a torch.distributed group (see `dist.Worker`). Dispatch modes, all bloc
   collective, so no rank needs to do duplicate work; every rank is still called, possibly with an empty
   list); an output list may be k times its input (n samples per prompt, prompt-major) and keeps that order.
 
-Resources: one GPU per worker on CUDA (fractional `gpus_per_worker` lets groups share GPUs);
-`cpus_per_worker` CPUs on CPU, fractional so that, e.g., an actor group and a critic group of two workers
-each share a 2-core machine. Unlike verl there is no placement group / resource pool class: a group is
-created with plain actor resource requests, which is all a single node needs.
+Placement (`verl.single_controller.placement`): a group runs in a `ResourcePool`, one placement group per node,
+rank r in bundle r % per_node of node r // per_node; groups that share a pool take a `share` of each bundle (PPO's
+critic beside the actor, on the same GPU). Without a pool a group reserves its own (one node of `world_size`
+bundles of `cpus_per_worker` CPUs, or one GPU each on CUDA) and frees it at shutdown. The actors start empty; rank 0
+reports its node's IP and a free port there, which become every rank's MASTER_ADDR / MASTER_PORT, and only then
+are the workers built (they rendezvous in their constructors). LOCAL_RANK is the rank's index on its node.
 """
 
 from __future__ import annotations
@@ -31,25 +33,38 @@ import numpy as np
 import ray
 
 from verl.protocol import DataProto
-from verl.single_controller.dist import find_free_port
+from verl.single_controller.placement import ResourcePool, plan_pool
 from verl.utils import console
 
 logger = logging.getLogger(__name__)
 
 
 class _WorkerHost:
-    """The Ray actor: sets the rank's environment, then builds the user's worker class inside it."""
+    """The Ray actor: starts empty (so rank 0 can report its node's address first), then `start` sets the rank's
+    environment and builds the user's worker class inside it."""
 
-    def __init__(self, worker_cls: type, env: dict[str, str], args: tuple, kwargs: dict) -> None:
+    def __init__(self) -> None:
+        self.worker = None
+        self.label = "_WorkerHost"
+
+    def __repr__(self) -> str:  # Ray names the actor by this in its errors and log prefixes
+        return self.label
+
+    def node_info(self) -> dict[str, Any]:
+        """This process's node (IP, Ray node id), a TCP port free on that node, pid and visible GPUs."""
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return {"ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+                "free_port": port, "pid": os.getpid(), "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+    def start(self, worker_cls: type, env: dict[str, str], args: tuple, kwargs: dict) -> int:
         os.environ.update(env)
         self.label = f"{env.get('WORKER_GROUP', 'worker')} rank {env.get('RANK', '?')}"
         console.redirect_worker_output(self.label)  # a quiet run: this process's output -> the run log
         self.worker = worker_cls(*args, **kwargs)
-
-    def __repr__(self) -> str:  # Ray names the actor by this in its errors and log prefixes
-        return getattr(self, "label", "_WorkerHost")
-
-    def ready(self) -> int:
         return os.getpid()
 
     def close(self) -> None:
@@ -65,60 +80,55 @@ class _WorkerHost:
         return fn(*args, **kwargs)
 
 
-def _check_resources(world_size: int, device: str, cpus_per_worker: float, gpus_per_worker: float, name: str) -> None:
-    """Fail early (instead of hanging on pending actors) when the cluster cannot host the group."""
-    if not ray.is_initialized():
-        raise RuntimeError(f"Ray is not initialised: call ray.init() (e.g. ray.init(num_cpus=2)) before creating the "
-                           f"{name!r} worker group")
-    total = ray.cluster_resources()
-    if device == "cuda":
-        need, have, key = world_size * gpus_per_worker, total.get("GPU", 0.0), "GPU"
-        hint = "lower trainer.n_gpus_per_node"
-    else:
-        need, have, key = world_size * cpus_per_worker, total.get("CPU", 0.0), "CPU"
-        hint = "lower trainer.n_gpus_per_node (workers per node) or trainer.cpus_per_worker (fractions share cores)"
-    if need > have + 1e-9:
-        raise ValueError(f"worker group {name!r} needs {need:g} {key} ({world_size} workers) but the Ray cluster has "
-                         f"{have:g}: {hint}")
-    free = ray.available_resources().get(key, 0.0)
-    if need > free + 1e-9:
-        raise ValueError(f"worker group {name!r} needs {need:g} {key} ({world_size} workers) but only {free:g} of the "
-                         f"cluster's {have:g} are free (other worker groups hold the rest): {hint}")
-
-
 class RayWorkerGroup:
-    """`world_size` Ray actors each hosting `worker_cls(*init_args, **init_kwargs)`."""
+    """`world_size` Ray actors each hosting `worker_cls(*init_args, **init_kwargs)`, one per bundle of a
+    `ResourcePool` (its own unless `resource_pool` is given), each taking `share` of its bundle."""
 
     def __init__(self, worker_cls: type, world_size: int, *, init_args: Sequence[Any] = (),
                  init_kwargs: dict[str, Any] | None = None, device: str = "cpu", cpus_per_worker: float = 1.0,
-                 gpus_per_worker: float = 1.0, name: str = "actor", master_port: int | None = None,
-                 env: dict[str, str] | None = None, ready_timeout_s: float = 900.0) -> None:
+                 name: str = "actor", env: dict[str, str] | None = None, ready_timeout_s: float = 900.0,
+                 max_concurrency: int = 1, resource_pool: ResourcePool | None = None, share: float = 1.0) -> None:
         if world_size < 1:
             raise ValueError(f"worker group {name!r}: world_size must be >= 1 (trainer.n_gpus_per_node), "
                              f"got {world_size}")
         if device not in ("cpu", "cuda"):
             raise ValueError(f"worker group {name!r}: device must be 'cpu' or 'cuda' (resolve 'auto' first), "
                              f"got {device!r}")
-        if cpus_per_worker <= 0:
-            raise ValueError(f"trainer.cpus_per_worker must be > 0, got {cpus_per_worker}")
-        _check_resources(world_size, device, cpus_per_worker, gpus_per_worker, name)
+        if not 0 < share <= 1:
+            raise ValueError(f"worker group {name!r}: share of a bundle must be in (0, 1], got {share}")
         self.name, self.world_size, self.device = name, world_size, device
-        self.master_port = master_port or find_free_port()
-        options: dict[str, Any] = {"max_concurrency": 1}
-        if device == "cuda":
-            options.update(num_gpus=gpus_per_worker, num_cpus=min(cpus_per_worker, 1.0))
-        else:
-            options.update(num_cpus=cpus_per_worker, num_gpus=0)
-        remote_cls = ray.remote(_WorkerHost).options(**options)
-        self._actors = []
-        for rank in range(world_size):
-            rank_env = {**console.worker_env(), **{k: str(v) for k, v in (env or {}).items()}}
-            rank_env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
-                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(self.master_port), WORKER_GROUP=name)
-            self._actors.append(remote_cls.remote(worker_cls, rank_env, tuple(init_args), dict(init_kwargs or {})))
+        self.max_concurrency = max(1, int(max_concurrency))
+        self._actors: list = []
+        self._own_pool = resource_pool is None
+        if resource_pool is None:
+            resource_pool = ResourcePool(plan_pool(1, world_size, device, cpus_per_worker), name=name)
+        elif resource_pool.world_size != world_size or resource_pool.plan.device != device:
+            raise ValueError(f"worker group {name!r}: {world_size} {device} workers do not match the resource pool's "
+                             f"{resource_pool.world_size} {resource_pool.plan.device} bundles")
+        self.pool = resource_pool
+        self.node_ids, self.node_ips = list(resource_pool.node_ids), list(resource_pool.node_ips)
+        self.local_ranks = list(resource_pool.local_ranks)
+        bundle = resource_pool.plan.bundle()
+        # max_concurrency > 1 (the asynchronous rollout): a threaded actor, so single requests (`submit`) run while
+        # others wait on the engine; the driver still calls the other methods one at a time
+        options: dict[str, Any] = {"max_concurrency": max(1, int(max_concurrency)), "num_cpus": bundle["CPU"] * share,
+                                   "num_gpus": bundle.get("GPU", 0.0) * share}
+        remote_cls = ray.remote(_WorkerHost)
         self._pids: list[int | None] = [None] * world_size
-        try:  # constructors run in parallel (they rendezvous for the process group); surface their errors here
-            self._pids = self._get([a.ready.remote() for a in self._actors], "__init__", timeout=ready_timeout_s)
+        try:
+            self._actors = [remote_cls.options(**options, scheduling_strategy=resource_pool.scheduling(r)).remote()
+                            for r in range(world_size)]
+            rank0 = self._get([self._actors[0].node_info.remote()], "node_info", timeout=ready_timeout_s)[0]
+            self.master_addr, self.master_port = rank0["ip"], int(rank0["free_port"])
+            refs = []
+            for rank, actor in enumerate(self._actors):
+                rank_env = {**console.worker_env(), **{k: str(v) for k, v in (env or {}).items()}}
+                rank_env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(self.local_ranks[rank]),
+                                LOCAL_WORLD_SIZE=str(resource_pool.local_world_sizes[rank]),
+                                MASTER_ADDR=self.master_addr, MASTER_PORT=str(self.master_port), WORKER_GROUP=name)
+                refs.append(actor.start.remote(worker_cls, rank_env, tuple(init_args), dict(init_kwargs or {})))
+            # constructors run in parallel (they rendezvous for the process group); surface their errors here
+            self._pids = self._get(refs, "__init__", timeout=ready_timeout_s)
         except ray.exceptions.GetTimeoutError as e:
             self.shutdown()
             raise RuntimeError(f"worker group {name!r}: workers not ready after {ready_timeout_s:.0f} s; the Ray "
@@ -127,7 +137,12 @@ class RayWorkerGroup:
         except Exception:
             self.shutdown()
             raise
-        logger.info("worker group %r: %d %s workers up (port %d)", name, world_size, device, self.master_port)
+        logger.info("worker group %r: %d %s workers up on %d node(s), rendezvous %s:%d", name, world_size, device,
+                    len(set(self.node_ids)), self.master_addr, self.master_port)
+
+    def node_info(self) -> list[dict[str, Any]]:
+        """Per rank: the node (ip, node_id), pid and CUDA_VISIBLE_DEVICES of its process (placement checks)."""
+        return self._get([a.node_info.remote() for a in self._actors], "node_info")
 
     # ------------------------------------------------------------------ results and failures
     def _get(self, refs: list[ray.ObjectRef], method: str, timeout: float | None = None) -> list[Any]:
@@ -166,6 +181,10 @@ class RayWorkerGroup:
     def execute_rank0(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Rank 0 only: for methods without collectives (rank 0 would wait forever for the others)."""
         return self._get([self._actors[0].call.remote(method, *args, **kwargs)], method)[0]
+
+    def submit(self, rank: int, method: str, *args: Any, **kwargs: Any) -> ray.ObjectRef:
+        """Call `method` on one rank only, without waiting (awaitable ref; the asynchronous rollout's requests)."""
+        return self._actors[rank].call.remote(method, *args, **kwargs)
 
     # ------------------------------------------------------------------ data-parallel dispatch
     def dispatch_dp_async(self, method: str, data: DataProto, **kwargs: Any) -> tuple[list[ray.ObjectRef], int]:
@@ -234,6 +253,9 @@ class RayWorkerGroup:
             except Exception:  # already dead
                 logger.debug("actor already gone", exc_info=True)
         self._actors = []
+        if getattr(self, "_own_pool", False) and getattr(self, "pool", None) is not None:
+            self.pool.remove()
+            self.pool = None
 
     def __len__(self) -> int:
         return self.world_size

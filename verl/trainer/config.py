@@ -49,8 +49,10 @@ class OptimConfig:
 
 @dataclass
 class FSDPConfig:
-    param_offload: bool = False  # GPU only; ignored on CPU
-    optimizer_offload: bool = False
+    # CUDA only (refused on CPU): FSDP2's CPU offload keeps this model's parameters, gradients and Adam states on the
+    # host; the optimizer steps there
+    param_offload: bool = False
+    optimizer_offload: bool = False  # verl's key; refused: param_offload already moves the optimizer states
     reshard_after_forward: bool = True
     param_dtype: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
 
@@ -59,7 +61,8 @@ class FSDPConfig:
 class ModelConfig:
     path: str = "embedded"
     enable_gradient_checkpointing: bool = False
-    use_remove_padding: bool = False  # accepted for verl compatibility; padding is handled by micro-batching
+    use_remove_padding: bool = False  # verl's key; true is refused (padding is cut per micro-batch instead, see
+    # actor.group_by_length / use_dynamic_bsz); packed variable-length sequences are not implemented
     trust_remote_code: bool = False
 
 
@@ -119,11 +122,12 @@ class RolloutConfig:
     gpu_memory_utilization: float = 0.5
     kv_cache_space_gb: float = 1.0  # CPU vLLM: VLLM_CPU_KVCACHE_SPACE
     tensor_model_parallel_size: int = 1
-    enforce_eager: bool = True
+    enforce_eager: bool | None = None  # None: true on CPU, false on CUDA (vLLM captures CUDA graphs)
     log_prob_micro_batch_size_per_gpu: int = 8
     log_prob_use_dynamic_bsz: bool | None = None  # None: actor.use_dynamic_bsz
     log_prob_max_token_len_per_gpu: int | None = None  # None: actor.ppo_max_token_len_per_gpu
-    max_num_seqs: int = 64
+    max_num_seqs: int | None = None  # None: the rows a rank generates per step (train_batch_size x n / world size),
+    # at least 64
     dtype: str = "auto"  # engine dtype: auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16
     val_kwargs: ValKwargs = field(default_factory=ValKwargs)
 
@@ -345,6 +349,18 @@ def validate(cfg: PPOConfig) -> PPOConfig:
         _check(c.use_dynamic_bsz or mini % c.ppo_micro_batch_size_per_gpu == 0,
                f"critic.ppo_micro_batch_size_per_gpu={c.ppo_micro_batch_size_per_gpu} must divide the critic's "
                f"{mini} samples per worker per mini-batch")
+    for key, fc in (("actor_rollout_ref.actor.fsdp_config", a.fsdp_config), ("critic.fsdp_config",
+                                                                             cfg.critic.fsdp_config)):
+        _check(not fc.optimizer_offload, f"{key}.optimizer_offload=true: FSDP2's CPU offload moves parameters, "
+               f"gradients and Adam states together; set {key}.param_offload=true (and optimizer_offload=false)")
+        _check(not (fc.param_offload and t.device == "cpu"), f"{key}.param_offload moves GPU memory to the host: it "
+               "does nothing with trainer.device=cpu; set it false")
+    for key, m in (("actor_rollout_ref.model", cfg.actor_rollout_ref.model), ("critic.model", cfg.critic.model)):
+        _check(not m.use_remove_padding, f"{key}.use_remove_padding=true (packed variable-length sequences) is not "
+               "implemented: padding is cut per micro-batch instead (actor.group_by_length, use_dynamic_bsz); set it "
+               "false")
+    _check(r.max_num_seqs is None or r.max_num_seqs >= 1,
+           f"actor_rollout_ref.rollout.max_num_seqs must be >= 1 (or null: sized from the batch), got {r.max_num_seqs}")
     _check(t.save_interval_minutes >= 0,
            f"trainer.save_interval_minutes must be >= 0 (0: every save_freq step), got {t.save_interval_minutes}")
     _check(t.resume_mode in ("auto", "disable", "resume_path"),
@@ -360,6 +376,28 @@ def validate(cfg: PPOConfig) -> PPOConfig:
     _check(t.colocated_server_gb >= 0, f"trainer.colocated_server_gb must be >= 0, got {t.colocated_server_gb}")
     _check(t.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
            f"trainer.log_level must be DEBUG, INFO, WARNING or ERROR, got {t.log_level!r}")
+    return cfg
+
+
+def _device_of(device: str) -> str:
+    """trainer.device with `auto` resolved (cuda when a GPU is visible); other values as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_rollout_defaults(cfg: PPOConfig) -> PPOConfig:
+    """Fill the rollout keys whose default depends on the run (load_config does; call it on a config built by hand):
+    max_num_seqs null -> the rows a rank generates per step, at least 64 (all of them batched at once);
+    enforce_eager null -> true on CPU, false on CUDA (vLLM captures CUDA graphs)."""
+    r = cfg.actor_rollout_ref.rollout
+    if r.max_num_seqs is None:
+        rows = -(-cfg.data.train_batch_size * r.n // max(1, cfg.world_size))
+        r.max_num_seqs = max(64, rows)
+    if r.enforce_eager is None:
+        r.enforce_eager = _device_of(cfg.trainer.device) != "cuda"
     return cfg
 
 
@@ -379,6 +417,7 @@ def load_config(data: dict) -> PPOConfig:
             part.log_prob_use_dynamic_bsz = arr.actor.use_dynamic_bsz
         if part.log_prob_max_token_len_per_gpu is None:
             part.log_prob_max_token_len_per_gpu = arr.actor.ppo_max_token_len_per_gpu
+    resolve_rollout_defaults(cfg)
     if cfg.critic.model.path == ModelConfig.path and cfg.actor_rollout_ref.model.path != ModelConfig.path:
         cfg.critic.model.path = cfg.actor_rollout_ref.model.path
     return validate(cfg)

@@ -38,23 +38,108 @@ def resolve_device(device: str) -> str:
 
 
 def init_ray(cfg: PPOConfig, device: str) -> None:
+    """Join the cluster at `trainer.ray_address`, or start a fresh local one sized for the run (one node)."""
     import ray
 
     if ray.is_initialized():
         return
+    t = cfg.trainer
     env = {"TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": os.environ.get("WANDB_MODE", "offline")}
     for k in ("ZEROSEARCH_CACHE", "VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE"):
         if k in os.environ:
             env[k] = os.environ[k]
     kwargs = dict(include_dashboard=False, log_to_driver=True, runtime_env={"env_vars": env})
-    if cfg.trainer.ray_address:
-        kwargs["address"] = cfg.trainer.ray_address
+    if t.ray_address:
+        if t.exclude_gpus:
+            raise ConfigError("trainer.exclude_gpus applies to the local cluster the trainer starts; on a cluster "
+                              "(trainer.ray_address) give each node only the trainer's GPUs instead: "
+                              "CUDA_VISIBLE_DEVICES=0,1,2,3 ray start ...")
+        kwargs["address"] = t.ray_address
     else:  # always a fresh local cluster, never one left behind by a killed run (or `ray start`) on this machine
+        if t.nnodes > 1:
+            raise ConfigError(f"trainer.nnodes={t.nnodes} needs a Ray cluster of that many nodes: start it (`ray start "
+                              "--head` on one node, `ray start --address=HEAD_IP:6379` on the others) and set "
+                              "trainer.ray_address=auto (NNODES in the train scripts does)")
         kwargs["address"] = "local"
-        if device == "cpu":  # logical CPUs: the actor group, plus the critic group sharing the same cores
-            need = cfg.world_size * cfg.trainer.cpus_per_worker * (1.5 if cfg.use_critic else 1.0)
-            kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(need))
+        if device == "cpu" and t.exclude_gpus:
+            raise ConfigError("trainer.exclude_gpus needs CUDA (the run resolved to CPU): remove it")
+        if device == "cpu":  # logical CPUs: one bundle per worker (a critic shares the actor's bundles)
+            kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(cfg.world_size * t.cpus_per_worker))
+        elif t.exclude_gpus:  # the simulation server's GPUs stay out of Ray's pool
+            import torch
+
+            from verl.single_controller.placement import visible_gpus
+
+            try:
+                left = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count(), t.exclude_gpus)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, left))  # the raylet inherits it
+            kwargs["num_gpus"] = len(left)
     console.init_ray(**kwargs)  # ray.init; in a quiet run Ray's output is routed to the run log
+
+
+def worker_groups(cfg: PPOConfig, device: str, actor_cls: type, critic_cls: type | None = None,
+                  max_concurrency: int = 1):
+    """The resource pool (trainer.nnodes x trainer.n_gpus_per_node bundles) and the worker groups in it: the actor
+    group (actor + reference + rollout) and, with a critic, the critic group on the same bundles (half of each)."""
+    from verl.single_controller.placement import ResourcePool, plan_pool
+    from verl.single_controller.ray_worker_group import RayWorkerGroup
+
+    t = cfg.trainer
+    plan = plan_pool(t.nnodes, t.n_gpus_per_node, device, t.cpus_per_worker)
+    colocated = cfg.use_critic and critic_cls is not None
+    pool = ResourcePool(plan, name="actor_rollout_ref + critic" if colocated else "actor_rollout_ref")
+    share = 0.5 if colocated else 1.0  # Ray's accounting only: each process still sees the whole GPU / its threads
+    actor_wg = critic_wg = None
+    try:
+        actor_wg = RayWorkerGroup(actor_cls, cfg.world_size, init_args=(cfg,), device=device, resource_pool=pool,
+                                  share=share, name="actor_rollout_ref", max_concurrency=max_concurrency)
+        if colocated:
+            critic_wg = RayWorkerGroup(critic_cls, cfg.world_size, init_args=(cfg,), device=device,
+                                       resource_pool=pool, share=share, name="critic")
+    except BaseException:
+        if actor_wg is not None:
+            actor_wg.shutdown()
+        pool.remove()
+        raise
+    logger.info(plan.describe(["actor_rollout_ref", "critic"] if colocated else ["actor_rollout_ref"]))
+    return pool, actor_wg, critic_wg
+
+
+def placement_report(cfg: PPOConfig) -> list[str]:
+    """What the run would reserve (the launcher's DRY_RUN): the pool's plan and, with trainer.ray_address, each
+    rank's node, LOCAL_RANK and GPU as that cluster places them (probe actors only: no model, no process group)."""
+    import ray
+
+    from verl.single_controller.placement import PlacementProbe, plan_pool
+
+    t = cfg.trainer
+    device = t.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    plan = plan_pool(t.nnodes, t.n_gpus_per_node, device, t.cpus_per_worker)
+    groups = ["actor_rollout_ref", "critic"] if cfg.use_critic else ["actor_rollout_ref"]
+    lines = [plan.describe(groups)]
+    if not t.ray_address:
+        return lines
+    ray.init(address=t.ray_address, include_dashboard=False, log_to_driver=False)
+    try:
+        pool, actor_wg, critic_wg = worker_groups(cfg, device, PlacementProbe, PlacementProbe)
+        for wg in (actor_wg, critic_wg):
+            if wg is None:
+                continue
+            for w in wg.execute_all("where"):
+                lines.append(f"{w['WORKER_GROUP']} rank {w['RANK']}: node {w['ip']} ({w['node_id'][:8]}) "
+                             f"LOCAL_RANK {w['LOCAL_RANK']} CUDA_VISIBLE_DEVICES={w['CUDA_VISIBLE_DEVICES'] or '-'} "
+                             f"MASTER_ADDR={w['MASTER_ADDR']}")
+            wg.shutdown()
+        pool.remove()
+    finally:
+        ray.shutdown()
+    return lines
 
 
 def build_trainer(cfg: PPOConfig, device: str, memory_plan=None):
@@ -62,7 +147,6 @@ def build_trainer(cfg: PPOConfig, device: str, memory_plan=None):
     measured peaks each step."""
     from transformers import AutoTokenizer
 
-    from verl.single_controller.ray_worker_group import RayWorkerGroup
     from verl.trainer.ppo.components import load_component, make_last_number_reward, make_single_turn_rollout
     from verl.trainer.ppo.ray_trainer import RayPPOTrainer
     from verl.utils.models import resolve_model_path
@@ -83,12 +167,11 @@ def build_trainer(cfg: PPOConfig, device: str, memory_plan=None):
     check = load_component(cfg.dataset_check.target, "dataset_check.target") if cfg.dataset_check.target else None
 
     t = cfg.trainer
-    actor_wg = RayWorkerGroup(ActorRolloutRefWorker, cfg.world_size, init_args=(cfg,), device=device,
-                              cpus_per_worker=t.cpus_per_worker, name="actor_rollout_ref")
-    critic_wg = None
-    if cfg.use_critic:
-        critic_wg = RayWorkerGroup(CriticWorker, cfg.world_size, init_args=(cfg,), device=device,
-                                   cpus_per_worker=t.cpus_per_worker / 2 if device == "cpu" else 1.0, name="critic")
+    r = cfg.actor_rollout_ref.rollout
+    # async rollouts: the actor's request threads take single requests concurrently (one per running sequence)
+    concurrency = r.max_num_seqs + 4 if r.mode == "async" else 1
+    _, actor_wg, critic_wg = worker_groups(cfg, device, ActorRolloutRefWorker, CriticWorker,
+                                           max_concurrency=concurrency)
     actor_wg.execute_all("init_model")
     if critic_wg is not None:
         critic_wg.execute_all("init_model")
@@ -119,6 +202,7 @@ def run(cfg: PPOConfig) -> dict:
         for wg in (trainer.actor_wg, trainer.critic_wg):
             if wg is not None:
                 wg.shutdown()
+        trainer.actor_wg.pool.remove()
         if ray.is_initialized():
             ray.shutdown()
 

@@ -74,11 +74,11 @@ def plan_config(cfg: PPOConfig, device: str, d: ModelDims, budget: Budget = Budg
 
     mini = a.ppo_mini_batch_size * r.n // n
     upd = budget_of(a.use_dynamic_bsz, a.ppo_max_token_len_per_gpu, a.ppo_micro_batch_size_per_gpu, mini)
-    offload_p, offload_o = gpu and fsdp.param_offload, gpu and fsdp.optimizer_offload
+    offload = gpu and fsdp.param_offload  # FSDP2's CPU offload: parameters, gradients and Adam states on the host
     states = {"params+grads 8P/N": 8.0 * P / n, "adam 8P/N": 8.0 * P / n}
     if cfg.use_ref:
         states["reference 4P/N"] = 4.0 * P / n
-    host_states = {k: v for k, v in states.items() if (offload_o if k.startswith("adam") else offload_p)}
+    host_states = dict(states) if offload else {}
     base = {k: v for k, v in states.items() if k not in host_states}
     host = RUNTIME["worker"] + (RUNTIME["vllm_client"] if r.name == "vllm" else 0.0) + sum(host_states.values())
     # weight sync: the gathered state dict (w_r P, on the device), written to safetensors for vLLM (a host copy and
@@ -138,10 +138,13 @@ def _critic_plan(cfg: PPOConfig, device: str, d: ModelDims, seq: int, resp: int,
                     budget=c.ppo_max_token_len_per_gpu if c.use_dynamic_bsz else 0, cap_rows=mini)
     base = {"states 16P/N": 16.0 * P / n, ("cuda context" if gpu else "runtime"): RUNTIME["cuda_context" if gpu
                                                                                           else "worker"]}
+    host = RUNTIME["worker"] if gpu else 0.0
+    if gpu and c.fsdp_config.param_offload:  # FSDP2's CPU offload: the states live on the host
+        host += base.pop("states 16P/N")
     phases = {"update": update_bytes(d, mb, w=w, ckpt=c.model.enable_gradient_checkpointing, head=None,
                                      accum=mini * seq > mb.tokens),
               "values": forward_bytes(d, mb, w=w, head=None), "optimizer": {"step 4P/N": 4.0 * P / n}}
-    return peak_of("critic", per_node, base, phases, on_gpu=gpu, host_extra=RUNTIME["worker"] if gpu else 0.0)
+    return peak_of("critic", per_node, base, phases, on_gpu=gpu, host_extra=host)
 
 
 # --------------------------------------------------------------------------------------------- fitting
@@ -294,9 +297,8 @@ def remedies(p: Planner, minimal: bool) -> list[str]:
     if cfg.use_ref and fits({A + "use_kl_loss": False, "algorithm.use_kl_in_reward": False}):
         out.append(f"drop the reference model ({A}use_kl_loss=false, algorithm.use_kl_in_reward=false)")
     if p.device == "cuda":
-        for key in ("param_offload", "optimizer_offload"):
-            if not getattr(cfg.actor_rollout_ref.actor.fsdp_config, key) and fits({A + "fsdp_config." + key: True}):
-                out.append(f"set {A}fsdp_config.{key}=true")
+        if not cfg.actor_rollout_ref.actor.fsdp_config.param_offload and fits({A + "fsdp_config.param_offload": True}):
+            out.append(f"set {A}fsdp_config.param_offload=true")
     if t.colocated_server_gb > 0 and fits({"trainer.colocated_server_gb": 0.0}):
         out.append(f"run the simulation server on another machine (it takes {t.colocated_server_gb:.1f} GB here)")
     if t.memory_limit_gb:

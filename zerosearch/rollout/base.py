@@ -148,9 +148,13 @@ class RolloutStats:
         self._tick()
         wall = max(time.perf_counter() - self.start, 1e-9)
         lat = np.array(self.search_latency_s or [0.0])
+        critical = max((r.busy_s for r in rows), default=0.0)
         return {
             "rollout/wall_s": wall,
-            "rollout/critical_path_s": max((r.busy_s for r in rows), default=0.0),
+            # the longest trajectory's own generation + search time; wall / critical path = 1 when nothing waits
+            # for anything but its own trajectory (the asynchronous ideal), > 1 with turn barriers or queueing
+            "rollout/critical_path_s": critical,
+            "rollout/wall_over_critical_path": wall / max(critical, 1e-9),
             "rollout/decode_tokens_per_s": self.generated_tokens / wall,
             "rollout/generated_tokens": float(self.generated_tokens),
             "rollout/search_latency_p50_s": float(np.percentile(lat, 50)),

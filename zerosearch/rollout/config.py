@@ -76,7 +76,7 @@ class GenerationConfig:
     final_turn: str = "answer"
     truncate_prompt: bool = False
     action_format: str = "tags"
-    max_concurrent_searches: int = 8
+    max_concurrent_searches: int = 32
 
     def __post_init__(self) -> None:
         self.validate()

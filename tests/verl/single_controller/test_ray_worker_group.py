@@ -93,7 +93,8 @@ def test_env_and_execute(echo_group: RayWorkerGroup) -> None:
     envs = echo_group.execute_all("env")
     assert [e["RANK"] for e in envs] == ["0", "1"]
     assert {e["WORLD_SIZE"] for e in envs} == {"2"}
-    assert {e["MASTER_ADDR"] for e in envs} == {"127.0.0.1"}
+    assert {e["MASTER_ADDR"] for e in envs} == {echo_group.node_ips[0]}  # rank 0's node IP
+    assert [e["LOCAL_RANK"] for e in envs] == ["0", "1"]
     assert len({e["MASTER_PORT"] for e in envs}) == 1 and int(envs[0]["MASTER_PORT"]) > 0
     assert {e["EXTRA"] for e in envs} == {"yes"}
     assert echo_group.execute_rank0("env")["RANK"] == "0"

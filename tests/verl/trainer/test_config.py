@@ -63,6 +63,13 @@ def test_on_policy_update_decides_the_old_log_prob_pass(data, actor, algorithm, 
         ({"trainer": {"logger": ["tensorboard"]}}, "trainer.logger"),
         ({"trainer": {"resume_mode": "resume_path"}}, "resume_from_path"),
         ({"bogus_section": {}}, "bogus_section"),
+        ({"actor_rollout_ref": {"actor": {"fsdp_config": {"optimizer_offload": True}}}},
+         "actor_rollout_ref.actor.fsdp_config.optimizer_offload=true: FSDP2's CPU offload"),
+        ({"critic": {"fsdp_config": {"param_offload": True}}, "trainer": {"device": "cpu"}},
+         "critic.fsdp_config.param_offload moves GPU memory to the host"),
+        ({"actor_rollout_ref": {"model": {"use_remove_padding": True}}}, "actor_rollout_ref.model.use_remove_padding"),
+        ({"trainer": {"device": "cpu", "exclude_gpus": [1]}}, "trainer.exclude_gpus keeps GPUs out"),
+        ({"trainer": {"nnodes": 0}}, "trainer.nnodes"),
     ],
 )
 def test_bad_values_name_the_key(override, needle):
@@ -80,3 +87,24 @@ def test_single_path_becomes_list_and_int_widens_to_float():
     cfg = load_config({"data": {"train_files": "a.parquet"}, "actor_rollout_ref": {"actor": {"optim": {"lr": 1}}}})
     assert cfg.data.train_files == ["a.parquet"]
     assert cfg.actor_rollout_ref.actor.optim.lr == 1.0
+
+
+@pytest.mark.parametrize("batch, n, gpus, nnodes, set_to, expected", [
+    (64, 5, 4, 1, None, 80),  # ZeroSearch's 64 prompts x 5 samples on 4 GPUs: 80 rows per GPU at once
+    (8, 4, 1, 1, None, 64),  # at least 64
+    (512, 5, 8, 2, None, 160),
+    (64, 5, 4, 1, 16, 16),  # an explicit value stays
+])
+def test_max_num_seqs_sized_from_the_batch(batch, n, gpus, nnodes, set_to, expected):
+    cfg = load_config({"data": {"train_batch_size": batch},
+                       "actor_rollout_ref": {"actor": {"ppo_mini_batch_size": batch, "ppo_micro_batch_size_per_gpu": 1},
+                                             "rollout": {"n": n, "max_num_seqs": set_to}},
+                       "trainer": {"n_gpus_per_node": gpus, "nnodes": nnodes}})
+    assert cfg.actor_rollout_ref.rollout.max_num_seqs == expected
+
+
+@pytest.mark.parametrize("device, set_to, expected", [("cpu", None, True), ("cuda", None, False),
+                                                      ("cuda", True, True)])
+def test_cuda_graphs_by_default_on_cuda(device, set_to, expected):
+    cfg = load_config({"trainer": {"device": device}, "actor_rollout_ref": {"rollout": {"enforce_eager": set_to}}})
+    assert cfg.actor_rollout_ref.rollout.enforce_eager is expected

@@ -254,10 +254,10 @@ def test_cuda_plan_is_per_gpu_and_offload_moves_states_to_the_host():
     assert actor.parts["adam 8P/N"] == 8 * P / 4 and actor.parts["update/gathered"] == 2 * (d.root_params() + 2 *
                                                                                           d.layer_params())
     assert plan.gpu_total == actor.gpu + rollout.gpu and plan.fits == (plan.gpu_total <= 80 * GB)
-    off = plan_config(_set_all(cfg, **{"actor_rollout_ref.actor.fsdp_config.optimizer_offload": True}), "cuda", d,
-                      Budget(gpu=80 * GB))
-    assert off.get("actor").gpu == pytest.approx(actor.gpu - 8 * P / 4)
-    assert off.get("actor").host == pytest.approx(actor.host + 8 * P / 4)
+    off = plan_config(_set_all(cfg, **{"actor_rollout_ref.actor.fsdp_config.param_offload": True}), "cuda", d,
+                      Budget(gpu=80 * GB))  # FSDP2's CPU offload: parameters, gradients and Adam states
+    assert off.get("actor").gpu == pytest.approx(actor.gpu - 16 * P / 4)
+    assert off.get("actor").host == pytest.approx(actor.host + 16 * P / 4)
     assert "perf/max_memory_planned_gb/gpu" in plan.metrics()
 
 

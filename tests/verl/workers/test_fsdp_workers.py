@@ -15,7 +15,7 @@ import torch
 
 from verl.protocol import DataProto
 from verl.single_controller import RayWorkerGroup, reduce_metrics
-from verl.trainer.config import PPOConfig
+from verl.trainer.config import PPOConfig, resolve_rollout_defaults
 from verl.workers.fsdp_workers import ActorRolloutRefWorker
 from verl.workers.rollout.base import SamplingParams
 
@@ -32,7 +32,7 @@ def make_config(world: int, model_path: str, rollout: str = "hf") -> PPOConfig:
     a.rollout.name, a.rollout.n, a.rollout.log_prob_micro_batch_size_per_gpu = rollout, 1, 2
     a.actor.ppo_mini_batch_size, a.actor.ppo_micro_batch_size_per_gpu = B, 1
     a.actor.optim.lr = 1e-4
-    return cfg
+    return resolve_rollout_defaults(cfg)
 
 
 def batch_from(prompts: list[list[int]], responses: list[list[int]], seed: int = 0) -> DataProto:
