@@ -243,17 +243,18 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
         f"data.val_files=[{data}/test.parquet]",
         f"search.mode={v['SEARCH_MODE']}",
         f"search.val_mode={search_engine}",
-        f"search.simulation_llm={v['SIMULATION_LLM']}",
-        f"search.ips=[{v['IP']}]",
-        f"search.port={int(v['PORT'])}",
         f"search.start_threshold={float(v['START_THRESHOLD'])}",
         f"search.end_threshold={float(v['END_THRESHOLD'])}",
         f"search.max_turns={int(v['MAX_TURNS'])}",
         f"search.topk={int(v['TOPK'])}",
-        f"search.retriever_url={v['RETRIEVER_URL']}",
     ]
-    if "local" in (v["SEARCH_MODE"], search_engine):  # the BM25 corpus is a key of the local engine only
-        ov.append(f"search.corpus_path={corpus}")
+    # backend keys only where a backend of the run reads them (the rollout refuses keys that do nothing)
+    from zerosearch.search import registry
+
+    read = {k for mode in (v["SEARCH_MODE"], search_engine) for k in registry.backend_spec(mode).keys}
+    backend = {"simulation_llm": v["SIMULATION_LLM"], "ips": f"[{v['IP']}]", "port": int(v["PORT"]),
+               "retriever_url": v["RETRIEVER_URL"], "corpus_path": corpus}
+    ov += [f"search.{key}={value}" for key, value in backend.items() if key in read]
     if int(v["NNODES"]) > 1 and not any(o.startswith("trainer.ray_address=") for o in launch.passthrough):
         ov.append("trainer.ray_address=auto")  # several nodes: the cluster started with `ray start` (README)
     if v["CHECKPOINT_DIR"] != "auto":
