@@ -221,3 +221,18 @@ def test_nnodes_joins_the_running_cluster():
     ov = build_overrides(parse_args("grpo", ["NNODES", "2", "trainer.ray_address=10.0.0.1:6379"]), gpu=True)
     assert [o for o in ov if o.startswith("trainer.ray_address=")] == ["trainer.ray_address=10.0.0.1:6379"]
     assert "trainer.ray_address" not in _ov(build_overrides(parse_args("grpo", []), gpu=True))
+
+
+@pytest.mark.parametrize(("mode", "engine", "passed", "left_out"), [
+    ("local", "local", {"corpus_path"}, {"port", "ips", "simulation_llm", "retriever_url"}),
+    ("simulate_prompt", "local", {"port", "ips", "simulation_llm", "corpus_path"}, {"retriever_url"}),
+    ("wiki", "wiki", {"retriever_url"}, {"port", "ips", "simulation_llm", "corpus_path"}),
+])
+def test_backend_keys_only_where_a_backend_reads_them(mode, engine, passed, left_out):
+    """The rollout refuses a search key that no backend of the run reads (SEARCH_MODE local PORT 6002 once failed)."""
+    from verl.trainer.main_ppo import compose_config
+
+    ov = build_overrides(parse_args("grpo", ["SEARCH_MODE", mode, "SEARCH_ENGINE", engine, "PORT", "6002"]), gpu=False)
+    keys = {o.split("=", 1)[0].removeprefix("search.") for o in ov if o.startswith("search.")}
+    assert passed <= keys and not (left_out & keys), keys
+    compose_config("zerosearch", ov)  # Hydra composes it: every key exists in the config
