@@ -29,9 +29,8 @@ from typing import Any
 
 import torch
 
-from verl.utils import console
 from verl.workers.rollout.base import GenOutput, SamplingParams
-from verl.workers.rollout.vllm_rollout import VLLMRollout, _environ, _make_weights_dir
+from verl.workers.rollout.vllm_rollout import VLLMRollout
 
 logger = logging.getLogger(__name__)
 
@@ -41,47 +40,22 @@ class AsyncVLLMRollout(VLLMRollout):
 
     asynchronous = True  # the agent loop's check: this engine takes single requests
 
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        device: str = "cpu",
-        dtype: torch.dtype | None = None,
-        seed: int = 0,
-        kv_cache_space_gb: float = 1.0,
-        gpu_memory_utilization: float = 0.5,
-        max_model_len: int,
-        max_num_seqs: int = 64,
-        enforce_eager: bool = True,
-        tensor_parallel_size: int = 1,
-        rank: int = 0,
-        world_size: int = 1,
-        cpu_threads: int | None = None,
-    ) -> None:
+    def _start(self, kwargs: dict):
+        """AsyncLLM, with the private event loop its requests run on (started first)."""
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        kwargs, env = self._setup(model_path, device=device, dtype=dtype, seed=seed,
-                                  kv_cache_space_gb=kv_cache_space_gb, gpu_memory_utilization=gpu_memory_utilization,
-                                  max_model_len=max_model_len, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
-                                  tensor_parallel_size=tensor_parallel_size, rank=rank, world_size=world_size,
-                                  cpu_threads=cpu_threads)
         self._request_ids = itertools.count()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-async-engine", daemon=True)
         self._thread.start()
-        self._weights_dir = _make_weights_dir()
-        try:
-            with _environ(env):
-                self.llm = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs, disable_log_stats=True))
-            if console.library_output_wanted():
-                console.adopt_library_loggers(("vllm",))
-        except BaseException:
-            self.llm = None
-            self._stop_loop()
-            self._weights_dir.cleanup()
-            raise
-        self._tied = bool(getattr(self.llm.model_config.hf_config, "tie_word_embeddings", False))
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs, disable_log_stats=True))
+
+    def _start_failed(self) -> None:
+        self._stop_loop()
+
+    def _model_config(self):
+        return self.llm.model_config
 
     # ----------------------------------------------------------------------------------------------- requests
     def _run(self, coro: Coroutine) -> Any:

@@ -163,8 +163,6 @@ class VLLMRollout:
         world_size: int = 1,
         cpu_threads: int | None = None,
     ) -> None:
-        import vllm
-
         kwargs, env = self._setup(model_path, device=device, dtype=dtype, seed=seed,
                                   kv_cache_space_gb=kv_cache_space_gb, gpu_memory_utilization=gpu_memory_utilization,
                                   max_model_len=max_model_len, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
@@ -173,14 +171,27 @@ class VLLMRollout:
         self._weights_dir = _make_weights_dir()
         try:
             with _environ(env):
-                self.llm = vllm.LLM(**kwargs)
+                self.llm = self._start(kwargs)
             if console.library_output_wanted():  # vLLM (re)installs its own handler when the engine is built
                 console.adopt_library_loggers(("vllm",))
         except BaseException:
+            self.llm = None
+            self._start_failed()
             self._weights_dir.cleanup()
             raise
-        hf_config = self.llm.llm_engine.model_config.hf_config
-        self._tied = bool(getattr(hf_config, "tie_word_embeddings", False))
+        self._tied = bool(getattr(self._model_config().hf_config, "tie_word_embeddings", False))
+
+    def _start(self, kwargs: dict):
+        """The engine for these arguments (the asynchronous engine starts an AsyncLLM instead)."""
+        import vllm
+
+        return vllm.LLM(**kwargs)
+
+    def _start_failed(self) -> None:
+        """Release what `_start` set up before it failed (nothing here)."""
+
+    def _model_config(self):
+        return self.llm.llm_engine.model_config
 
     def _setup(self, model_path: str, *, device: str, dtype: torch.dtype | None, seed: int, kv_cache_space_gb: float,
                gpu_memory_utilization: float, max_model_len: int, max_num_seqs: int, enforce_eager: bool,
