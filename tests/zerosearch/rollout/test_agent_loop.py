@@ -27,15 +27,6 @@ FIELDS = ("response_text", "num_turns", "num_searches", "valid_actions", "finish
 
 
 @pytest.fixture(scope="module")
-def world_dir(tmp_path_factory):
-    from zerosearch.data.world import generate
-
-    out = tmp_path_factory.mktemp("world")
-    generate(out, seed=0, n_entities=1000, n_train=12, n_test=2)
-    return out
-
-
-@pytest.fixture(scope="module")
 def engine(embedded_model_path):
     eng = build_rollout_engine("vllm", embedded_model_path, dtype=torch.float32, max_model_len=1024,
                                kv_cache_space_gb=0.5, max_num_seqs=16, asynchronous=True)

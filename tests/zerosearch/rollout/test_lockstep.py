@@ -9,15 +9,12 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 
-import pandas as pd
 import pytest
-import torch
 
 from verl.protocol import DataProto
-from verl.workers.rollout import SamplingParams, build_rollout_engine
+from verl.workers.rollout import SamplingParams
 from zerosearch.data.prompts import build_prompt
 from zerosearch.rollout import GenerationConfig, LockstepRollout, register_rollout_mode, trajectory_records
-from zerosearch.search import build_search_backend
 
 pytestmark = pytest.mark.slow
 GREEDY = SamplingParams(temperature=0.0, max_tokens=1000, seed=0)
@@ -38,42 +35,6 @@ class RecordingBackend:
 
     def close(self):
         self.inner.close()
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory):
-    from zerosearch.data.world import generate
-
-    out = tmp_path_factory.mktemp("world")
-    generate(out, seed=0, n_entities=1000, n_train=12, n_test=4)
-    return out
-
-
-@pytest.fixture(scope="module")
-def questions(world_dir):
-    df = pd.read_parquet(world_dir / "train.parquet")
-    return [(q, [str(a) for a in g]) for q, g in zip(df["question"], df["golden_answers"])]
-
-
-@pytest.fixture(scope="module")
-def engine(embedded_model_path):
-    # One intra-op thread: on a shared 2-core box, 2 threads per process were measured 10x slower (spinning).
-    threads = torch.get_num_threads()
-    yield build_rollout_engine("hf", embedded_model_path, max_model_len=2048, cpu_threads=1)
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(engine):
-    return engine.tokenizer
-
-
-@pytest.fixture(scope="module")
-def local_backend(world_dir, tmp_path_factory):
-    backend = build_search_backend({"mode": "local", "corpus_path": str(world_dir / "corpus.jsonl"),
-                                    "index_dir": str(tmp_path_factory.mktemp("bm25"))})
-    yield backend
-    backend.close()
 
 
 def search_prefill(question: str) -> str:

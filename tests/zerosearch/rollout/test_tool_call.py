@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
-import torch
 
 from verl.protocol import DataProto
 from verl.utils.dataset import PromptDataset
-from verl.workers.rollout import SamplingParams, build_rollout_engine
+from verl.workers.rollout import SamplingParams
 from zerosearch.data.prepare import prepare
 from zerosearch.data.prompts import TOOL_INSTRUCTION, build_prompt, prompt_tools
 from zerosearch.data.schema import check_parquet
@@ -25,7 +23,6 @@ from zerosearch.reward import check_format, compute_score
 from zerosearch.rollout import GenerationConfig, LockstepRollout
 from zerosearch.rollout.actions import SEARCH_TOOL, TOOL_CALL_INVALID_MESSAGE, action_format
 from zerosearch.rollout.observation import ObservationRenderer, chat_wrapper
-from zerosearch.search import build_search_backend
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=1000, seed=0)
 TOOLS = [SEARCH_TOOL]
@@ -185,36 +182,6 @@ def test_dataset_passes_a_rows_tools_to_the_template(qwen, tmp_path):
 
 
 # ----------------------------------------------------------------------------- rollouts (real engine and BM25)
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory):
-    from zerosearch.data.world import generate
-
-    out = tmp_path_factory.mktemp("world")
-    generate(out, seed=0, n_entities=1000, n_train=12, n_test=2)
-    return out
-
-
-@pytest.fixture(scope="module")
-def questions(world_dir):
-    df = pd.read_parquet(world_dir / "train.parquet")
-    return [(q, [str(a) for a in g]) for q, g in zip(df["question"], df["golden_answers"])]
-
-
-@pytest.fixture(scope="module")
-def engine(embedded_model_path):
-    threads = torch.get_num_threads()
-    yield build_rollout_engine("hf", embedded_model_path, max_model_len=2048, cpu_threads=1)
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def local_backend(world_dir, tmp_path_factory):
-    backend = build_search_backend({"mode": "local", "corpus_path": str(world_dir / "corpus.jsonl"),
-                                    "index_dir": str(tmp_path_factory.mktemp("bm25"))})
-    yield backend
-    backend.close()
-
-
 def make_batch(tok, rows) -> DataProto:
     """rows: (question, golden answers, text appended after the assistant generation prompt)."""
     ids = [tok.encode(render(tok, q) + prefill, add_special_tokens=False) for q, _, prefill in rows]
