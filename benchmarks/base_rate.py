@@ -19,23 +19,23 @@ from verl.protocol import DataProto
 from verl.utils.dataset import PromptDataset
 from verl.workers.rollout import build_rollout_engine
 from verl.workers.rollout.base import SamplingParams
-from zerosearch.generation import GenerationConfig, SearchRolloutManager
 from zerosearch.models import resolve_model_path
 from zerosearch.reward import score_batch
+from zerosearch.rollout import GenerationConfig, LockstepRollout
 from zerosearch.search import build_search_backend
 
 
 def measure(engine, tok, args, fmt: str, prefix: str, temperature: float, data: str) -> dict:
     ds = PromptDataset([data], tok, max_prompt_length=512, max_samples=args.prompts, assistant_prefix=prefix)
     backend = build_search_backend({"mode": "local", "topk": args.topk})
-    gen = GenerationConfig.from_dict({"max_prompt_length": 512, "max_response_length": args.max_response_length,
-                                      "max_obs_length": 160, "topk": args.topk, "max_turns": args.max_turns,
-                                      "observation_format": fmt})
-    mgr = SearchRolloutManager(engine, tok, backend, gen, None)
+    gen = GenerationConfig(max_prompt_length=512, max_response_length=args.max_response_length, max_obs_length=160,
+                           topk=args.topk, max_turns=args.max_turns, observation_format=fmt)
+    rollout = LockstepRollout(tok, backend, gen)
     n = args.n if temperature > 0 else 1
     batch = DataProto.from_dict(non_tensors=ds.collate(list(range(len(ds))))).repeat(n, interleave=True)
     t0 = time.time()
-    out = mgr.run(batch, SamplingParams(temperature=temperature, max_tokens=args.max_response_length))
+    out = rollout(batch, engine, SamplingParams(temperature=temperature, max_tokens=args.max_response_length), 0)
+    rollout.close()
     secs = time.time() - t0
     nt = out.non_tensor_batch
     texts = list(nt["response_text"])

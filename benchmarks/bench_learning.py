@@ -127,20 +127,23 @@ def latest(path: Path) -> dict[str, dict]:
 
 
 def report(path: Path, plots: Path) -> str:
-    import matplotlib
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from results_io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench_learning")
 
     recs = latest(path)
     lines = ["| arm | search during training | steps | smoke | EM before | EM after | F1 after | wall s |",
              "|---|---|---|---|---|---|---|---|"]
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
     for arm, r in recs.items():
         f1 = r["val"][-1].get("val/overall/f1")
         lines.append(f"| {arm} | {r['search_mode'] if arm != 'base' else '-'} | {r['steps']} | {r['smoke']} | "
                      f"{r['first_val_em']:.3f} | {r['final_val_em']:.3f} | {f1 if f1 is None else round(f1, 3)} | "
                      f"{r['wall_s']:.0f} |")
+    if plt is None:
+        return "\n".join(lines)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for arm, r in recs.items():
         label, color = arm + (" (smoke)" if r["smoke"] else ""), COLORS.get(arm, "C2")
         if arm == "base":
             bx.axhline(r["final_val_em"], color="grey", ls="--", label=label)

@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from results_io import append_record
+from results_io import append_record, pyplot
 
 logger = logging.getLogger("bench_rollout")
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +129,23 @@ def saturated_tokens_per_s(engine, prompts: list[list[int]], max_tokens: int) ->
     return tokens / (time.perf_counter() - t0)
 
 
+def occupancy_sweep(engine, prompts: list[list[int]], sizes: list[int], args, machine: dict) -> None:
+    """Decode rate and step time with b sequences decoding all the time, for each b in `sizes` (medians of
+    `--trials`): the step's fixed cost (reading the weights once per step) against its cost per sequence."""
+    if max(sizes) > len(prompts):
+        raise SystemExit(f"bench_rollout: --occupancy {max(sizes)} needs as many prompts (--prompts {len(prompts)})")
+    rows = []
+    for b in sizes:
+        rates = [saturated_tokens_per_s(engine, prompts[:b], args.occupancy_tokens) for _ in range(args.trials)]
+        rate = median(rates)
+        rows.append({"sequences": b, "tokens_per_s": rate, "step_ms": 1000 * b / rate, "trials": rates})
+        logger.info("occupancy %d: %.1f tok/s, %.0f ms a step", b, rate, 1000 * b / rate)
+    append_record(args.out, {"bench": "rollout_occupancy", "machine": machine, "settings": vars(args), "rows": rows})
+    print("| sequences decoding | tokens/s | ms per step |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['sequences']} | {r['tokens_per_s']:.1f} | {r['step_ms']:.0f} |")
+
+
 def start_server(port: int, bind: str):
     """The simulation server with its OMP worker bound to `bind` (restores the environment afterwards)."""
     from zerosearch.search.server_launch import start_simulation_server
@@ -191,10 +208,9 @@ def run_one(mode: str, engine, tok, backend, batch, args, seed: int) -> dict:
 
 def plot(jsonl: str, path: Path) -> None:
     """Wall time per backend and mode (latest result line of each), with the async/sync ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench_rollout")
+    if plt is None:
+        return
     import numpy as np
 
     latest: dict = {}
@@ -256,6 +272,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/bench_rollout.jsonl"))
     ap.add_argument("--plot", default=str(ROOT / "benchmarks/plots/bench_rollout.png"))
     ap.add_argument("--plot-only", action="store_true", help="only redraw the plot from --out")
+    ap.add_argument("--occupancy", default="",
+                    help="comma list of batch sizes: instead of the rollouts, measure the engine's single-turn decode "
+                         "rate with that many sequences decoding (how a decode step's cost grows with its sequences)")
+    ap.add_argument("--occupancy-tokens", type=int, default=128, help="tokens per sequence in --occupancy")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.plot_only:
@@ -288,6 +308,9 @@ def main() -> None:
     build_s = time.perf_counter() - t0
     try:
         saturated_tokens_per_s(engine, prompts, 32)  # warm-up
+        if args.occupancy:
+            occupancy_sweep(engine, prompts, [int(b) for b in args.occupancy.split(",")], args, machine)
+            return
         for backend_name in backends:
             backend = build_backend(backend_name, args, sim_url)
             trials: dict[str, list[dict]] = {m: [] for m in MODES}

@@ -37,7 +37,7 @@ import threading
 import time
 from pathlib import Path
 
-from results_io import append_record
+from results_io import append_record, pyplot
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "bench_scaling.jsonl"
@@ -279,10 +279,9 @@ def tables(path: str | Path) -> str:
 
 def plot(path: str | Path, out_dir: Path) -> list[Path]:
     """Two figures: time parts (stacked) and peak RSS per process vs batch (at 128 tokens) and vs length (4 prompts)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench_scaling")
+    if plt is None:
+        return []
 
     recs = load(path)
     out_dir.mkdir(parents=True, exist_ok=True)

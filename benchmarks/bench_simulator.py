@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 from bench_rollout import ROOT, machine_info, median
-from results_io import append_record
+from results_io import append_record, pyplot
 
 logger = logging.getLogger("bench_simulator")
 
@@ -70,10 +70,9 @@ def run_batch(url: str, concurrency: int, requests, args, tokenizer) -> dict:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot("bench_simulator")
+    if plt is None:
+        return
 
     conc = [r["concurrency"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))

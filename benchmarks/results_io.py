@@ -56,3 +56,19 @@ def append_record(path: str | Path, rec: dict) -> dict:
     with open(path, "a") as f:
         f.write(json.dumps(out) + "\n")
     return out
+
+
+def pyplot(what: str):
+    """`matplotlib.pyplot` on the Agg backend, or None (with one line saying so) when the bench extra is not
+    installed: a benchmark's results are written before its plot, and a missing plotting library must not end the
+    run in a traceback."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"{what}: plot skipped, matplotlib is not installed (.venv/bin/pip install -e '.[bench]'); "
+              "the results are saved", flush=True)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -23,8 +23,13 @@ KNOWN="ENGINE MODEL PORT HOST TP DP SERVED_NAME DTYPE KVCACHE_SPACE"
 source scripts/keys.sh
 parse_keys "$KNOWN" "$@"  # EXTRA: the arguments after --
 for n in PORT TP DP KVCACHE_SPACE; do
-  [[ "${!n}" =~ ^[0-9]+$ ]] || { echo "$n must be a positive integer, got '${!n}'" >&2; exit 2; }
+  [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || { echo "$n must be a positive integer, got '${!n}'" >&2; exit 2; }
 done
+[ "$PORT" -le 65535 ] || { echo "PORT must be a TCP port in [1, 65535], got '$PORT'" >&2; exit 2; }
+case "$MODEL" in
+  /*|.*|~*) [ -e "$MODEL" ] || { echo "MODEL: $MODEL does not exist (a local model dir, a hub id, or 'embedded')" >&2
+             exit 2; } ;;
+esac
 
 GPU=$("$PY" -c "import torch; print(int(torch.cuda.is_available()))")
 if [ "$ENGINE" = auto ]; then
@@ -43,7 +48,7 @@ fi
 case "$ENGINE" in
   vllm)
     CMD=("$PY" -m vllm.entrypoints.openai.api_server --model "$MODEL_DIR" --host "$HOST" --port "$PORT"
-         --served-model-name "$SERVED_NAME")
+         --served-model-name "$SERVED_NAME" --middleware zerosearch.body_limit.BodyLimit)  # 413 over 2 MiB
     [ -n "$DTYPE" ] && CMD+=(--dtype "$DTYPE")
     [ "$TP" -gt 1 ] && CMD+=(--tensor-parallel-size "$TP")
     [ "$DP" -gt 1 ] && CMD+=(--data-parallel-size "$DP") ;;

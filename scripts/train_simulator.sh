@@ -25,6 +25,16 @@ OUT=checkpoints/simulator MODEL=embedded EPOCHS=1 LR=1e-4 BATCH_SIZE=32 TOPK=3 N
 KNOWN="QUESTIONS MAX_QUESTIONS TRAJECTORIES SEARCH DATA OUT MODEL EPOCHS LR BATCH_SIZE TOPK NPROC EVAL"
 source scripts/keys.sh
 parse_keys "$KNOWN" "$@"
+for n in EPOCHS BATCH_SIZE TOPK NPROC; do
+  [[ "${!n}" =~ ^[1-9][0-9]*$ ]] || { echo "$n must be a positive integer, got '${!n}'" >&2; exit 2; }
+done
+[[ "$MAX_QUESTIONS" =~ ^[0-9]+$ ]] || { echo "MAX_QUESTIONS must be an integer >= 0 (0: all), got '$MAX_QUESTIONS'" >&2
+  exit 2; }
+case "${EVAL,,}" in  # the train scripts' boolean words
+  true|1|yes) EVAL=true ;;
+  false|0|no) EVAL=false ;;
+  *) echo "EVAL expects true/false (or 1/0, yes/no), got '$EVAL'" >&2; exit 2 ;;
+esac
 if [ "$QUESTIONS" = data/embedded/train.parquet ] && [ ! -f "$QUESTIONS" ]; then
   "$PY" -m zerosearch.data.world --out data/embedded
 fi

@@ -331,9 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         v, overrides, words = parse_keys(argv, KEYS)
         if words:
             raise UsageError(f"unexpected argument {words[0]!r} (arguments are KEY VALUE pairs and a.b=c overrides)")
-        from zerosearch.eval_setup import _int
+        from zerosearch.eval_setup import check_values
+        from zerosearch.launch_args import _num
 
-        n, batch_size, max_samples = _int(v, "N", 1), _int(v, "BATCH_SIZE", 1), _int(v, "MAX_SAMPLES", -1)
+        check_values(v)  # before the data dir is read (or the embedded world generated) and a model loads
+        n, batch_size = _num(v, "N", int, 1, what="samples per question"), _num(v, "BATCH_SIZE", int, 1)
+        max_samples = _num(v, "MAX_SAMPLES", int, 1, off=-1, what=": all")
         data_files, data_dir = resolve_data(v["DATA_PATH"])
         setup = build_setup(v, overrides, data_files, data_dir, n=n, batch_size=batch_size)
         out = resolve_out(v["OUT"], setup)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from verl.trainer.config import ConfigError, PPOConfig
 from zerosearch.launch import UsageError, parse_bool, parse_key_values
+from zerosearch.launch_args import _num, check_shared
 from zerosearch.search.registry import is_simulated, modes
 
 logger = logging.getLogger(__name__)
@@ -65,21 +66,21 @@ def usage(prog: str, keys: dict[str, tuple[str, str]], extra: str = "") -> str:
     return "\n".join(lines)
 
 
-def _int(v: dict[str, str], key: str, low: int | None = None) -> int:
-    try:
-        x = int(v[key])
-    except ValueError:
-        raise UsageError(f"{key} expects an integer, got {v[key]!r}") from None
-    if low is not None and x < low:
-        raise UsageError(f"{key} must be >= {low}, got {x}")
-    return x
+def check_values(v: dict[str, str]) -> None:
+    """Every key's value on its own, as the train scripts check theirs (`zerosearch.launch_args.check_shared` for
+    the keys they share), before a model loads; a UsageError naming the key and what it takes."""
+    check_shared(v, COMMON_KEYS)
+    from verl.workers.rollout import ROLLOUT_DTYPES
 
-
-def _float(v: dict[str, str], key: str) -> float:
-    try:
-        return float(v[key])
-    except ValueError:
-        raise UsageError(f"{key} expects a number, got {v[key]!r}") from None
+    if v["DTYPE"] not in ROLLOUT_DTYPES:
+        raise UsageError(f"DTYPE must be one of {', '.join(ROLLOUT_DTYPES)}, got {v['DTYPE']!r}")
+    if v["TEMPERATURE"] != "auto":
+        _num(v, "TEMPERATURE", float, 0, what="0: greedy")
+    _num(v, "TOP_P", float, 0, 1, what="nucleus sampling")
+    if float(v["TOP_P"]) == 0:
+        raise UsageError(f"TOP_P must be in (0, 1] (1: no cut), got {v['TOP_P']!r}")
+    _num(v, "SEED", int)
+    parse_bool(v["VERBOSE"], "VERBOSE")
 
 
 # ---------------------------------------------------------------------------------------------------------- model
@@ -137,28 +138,21 @@ def search_engine(value: str, data_dir: Path | None) -> str:
 
 def build_setup(v: dict[str, str], overrides: list[str], data_files: list[str], data_dir: Path | None,
                 n: int = 1, batch_size: int = 64) -> Setup:
-    """Keys -> the trainer config (`configs/zerosearch.yaml` + overrides) and the settings of this command."""
+    """Keys -> the trainer config (`configs/zerosearch.yaml` + overrides) and the settings of this command; the
+    values were checked by `check_values` first."""
     from verl.trainer.main_ppo import compose_config, resolve_device
 
     model_dir, kind = resolve_model(v["MODEL_PATH"])
     engine = search_engine(v["SEARCH_ENGINE"], data_dir)
-    if v["ROLLOUT"] not in ("vllm", "hf"):
-        raise UsageError(f"ROLLOUT must be vllm or hf, got {v['ROLLOUT']!r}")
     rollout = v["ROLLOUT"]
     if rollout == "vllm" and importlib.util.find_spec("vllm") is None:
         logger.warning("vLLM is not installed here: using Hugging Face generate (ROLLOUT hf)")
         rollout = "hf"
-    if v["DEVICE"] not in ("auto", "cpu", "cuda"):
-        raise UsageError(f"DEVICE must be auto, cpu or cuda, got {v['DEVICE']!r}")
-    temperature = (0.0 if n == 1 else 1.0) if v["TEMPERATURE"] == "auto" else _float(v, "TEMPERATURE")
-    if temperature < 0:
-        raise UsageError(f"TEMPERATURE must be >= 0, got {temperature}")
+    temperature = (0.0 if n == 1 else 1.0) if v["TEMPERATURE"] == "auto" else float(v["TEMPERATURE"])
     if n > 1 and temperature == 0:
         raise UsageError(f"N {n} with TEMPERATURE 0 gives {n} identical greedy answers: set TEMPERATURE > 0 or N 1")
-    parse_bool(v["VERBOSE"], "VERBOSE")
-    max_turns, topk = _int(v, "MAX_TURNS", 0), _int(v, "TOPK", 1)
-    port, seed = _int(v, "PORT", 1), _int(v, "SEED")
-    top_p = _float(v, "TOP_P")
+    max_turns, topk, port, seed, top_p = (int(v["MAX_TURNS"]), int(v["TOPK"]), int(v["PORT"]), int(v["SEED"]),
+                                          float(v["TOP_P"]))
     corpus = v["CORPUS_PATH"]
     if corpus == "auto":
         corpus = str((data_dir or ROOT / EMBEDDED_DATA) / "corpus.jsonl")

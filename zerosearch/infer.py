@@ -31,6 +31,7 @@ from zerosearch.eval_setup import (
     ROOT,
     UsageError,
     build_setup,
+    check_values,
     parse_keys,
     usage,
 )
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None, stdin=None) -> int:
         v, overrides, words = parse_keys(rest, KEYS)
         if any(w.startswith("-") for w in words):
             raise UsageError(f"unknown option {next(w for w in words if w.startswith('-'))!r}")
+        check_values(v)
         setup = build_setup(v, overrides, [], ROOT / EMBEDDED_DATA)  # auto: BM25 over the embedded world
         style = prompt_style(v["PROMPT_STYLE"], setup.model_dir)
         questions = read_questions(words, golds, stdin or sys.stdin)

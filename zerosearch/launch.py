@@ -5,7 +5,11 @@ every key optional with a default (embedded model, embedded world, prompted simu
 is no GPU), unknown keys and missing values rejected (exit 2) with the list of valid keys, and anything
 of the form `a.b=c` passed through to Hydra. When the search mode is a simulation and nothing answers
 at IP:PORT, a local simulation model is served for the run and stopped on exit (Ctrl-C included).
-Boolean keys take true/false, 1/0 or yes/no (any case); anything else exits 2. The run's log is
+Boolean keys take true/false, 1/0 or yes/no (any case); anything else exits 2. Every value is checked before anything
+starts (`zerosearch.launch_args`; `check_values`: numbers and their ranges, choices, addresses, names; `check_local`:
+model dirs, data files, the local corpus, a SerpAPI key for google, a GPU for DEVICE cuda): a bad one exits 2 with one
+line naming the key.
+The dry run prints `check_local`'s problems as warnings (it may plan for another machine). The run's log is
 `<checkpoint dir>/logs/train.log` (this launcher's lines, then the trainer's and its workers'), the simulation
 server's `simulation_server.log` next to it; the console stays quiet unless LOG_LEVEL / VERBOSE say otherwise.
 """
@@ -17,60 +21,37 @@ import os
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from zerosearch.launch_args import (  # noqa: F401 (re-exported: the launcher's keys and checks)
+    BOOL_KEYS,
+    EMBEDDED_DATA,
+    KEYS,
+    ROOT,
+    BadValue,
+    Launch,
+    UsageError,
+    _given,
+    _has_gpu,
+    _local,
+    check_local,
+    check_values,
+    parse_bool,
+    parse_key_values,
+    usage,
+    validation_engine,
+)
 
 logger = logging.getLogger("zerosearch.launch")
 
-ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED_DATA = "data/embedded"
 SERVER_KV_GIB = 0.5  # KV cache of a simulation server the launcher starts on CPU (VLLM_CPU_KVCACHE_SPACE overrides)
 CPU_TOKEN_BUDGET = 2048  # tokens per micro-batch per worker on CPU (ppo_max_token_len_per_gpu)
 
-# key -> (default, help). Defaults are the embedded CPU setup; GPU users pass the original values.
-KEYS: dict[str, tuple[str, str]] = {
-    # the original ZeroSearch keys
-    "NUM_GPUS_PER_NODE": ("auto", "workers per node (GPUs; on CPU: processes, auto = 1)"),
-    "NNODES": ("1", "nodes of the Ray cluster (> 1: joins the running cluster, trainer.ray_address=auto; see README)"),
-    "MODEL_PATH": ("embedded", "policy model: HF dir, hub id, or 'embedded'"),
-    "DATA_PATH": (EMBEDDED_DATA, "dir with train.parquet and test.parquet"),
-    "TOTAL_STEPS": ("auto", "training steps (auto: 203 on GPU as the original, 20 on CPU)"),
-    "IP": ("127.0.0.1", "simulation server IP(s), comma-separated for load balancing"),
-    "SEARCH_MODE": ("simulate_prompt", "simulate_prompt | simulate_sft | google | wiki | local"),
-    "SIMULATION_LLM": ("embedded", "simulation model: served name, or a local dir / 'embedded' to serve"),
-    "START_THRESHOLD": ("0.0", "noise probability at step 0"),
-    "END_THRESHOLD": ("0.5", "noise probability at the last step"),
-    "SEARCH_ENGINE": ("auto", "validation engine: local | wiki | google (auto: local BM25 on the embedded world)"),
-    "MAX_TURNS": ("2", "search turns before the final answer turn"),
-    "TOPK": ("3", "documents per search"),
-    # ours
-    "PORT": ("6001", "simulation server port"),
-    "EXPERIMENT_NAME": ("auto", "run name (auto: like the original's)"),
-    "WANDB_PROJECT": ("zerosearch", "W&B project (offline without WANDB_API_KEY)"),
-    "SAVE_FREQ": ("auto", "checkpoint every N steps and at the end (auto: every step on CPU, at the end on GPU; "
-                          "-1: never)"),
-    "SAVE_MINUTES": ("0", "save at a SAVE_FREQ step only if this many minutes passed since the last save "
-                          "(whichever is rarer; 0: no time condition; the last step always saves)"),
-    "TEST_FREQ": ("auto", "validate every N steps and at the end (auto: at the end; -1: never)"),
-    "VAL_BEFORE_TRAIN": ("true", "validate before the first step"),
-    "DEVICE": ("auto", "auto | cpu | cuda"),
-    "ROLLOUT": ("vllm", "rollout engine: vllm | hf"),
-    "PRECISION": ("auto", "training compute dtype: auto | fp32 | bf16 (auto: bf16 on CUDA and on CPUs with "
-                          "native bf16, i.e. avx512_bf16 / AMX; fp32 elsewhere)"),
-    "TRAIN_BATCH_SIZE": ("auto", "prompts per step"),
-    "ROLLOUT_N": ("auto", "samples per prompt"),
-    "LR": ("auto", "actor learning rate"),
-    "LOGGER": ("console,jsonl,wandb", "comma list of console, jsonl, wandb"),
-    "CHECKPOINT_DIR": ("auto", "checkpoint root (auto: checkpoints/<project>/<experiment>)"),
-    "CORPUS_PATH": ("auto", "corpus JSONL for the local BM25 engine (auto: DATA_PATH/corpus.jsonl)"),
-    "RETRIEVER_URL": ("http://127.0.0.1:8000", "wiki retriever server"),
-    "DRY_RUN": ("false", "print the trainer command and exit"),
-    "LOG_LEVEL": ("WARNING", "console level: DEBUG | INFO | WARNING | ERROR (INFO and DEBUG show library output; "
-                             "<checkpoint dir>/logs/train.log has everything at INFO and above either way)"),
-    "VERBOSE": ("false", "true: everything on the console (vLLM, Ray, HF output and warnings), as without the run log"),
-}
-BOOL_KEYS = ("VAL_BEFORE_TRAIN", "DRY_RUN", "VERBOSE")
-TRUE_WORDS, FALSE_WORDS = ("true", "1", "yes"), ("false", "0", "no")
+# row-count micro-batches of the preset (configs/zerosearch.yaml, verl/trainer/config.py), sized per run by the launcher
+MICRO_BATCHES = {"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu": 8,
+                 "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": 8,
+                 "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu": 8,
+                 "critic.ppo_micro_batch_size_per_gpu": 4}
 
 ALGOS: dict[str, list[str]] = {
     # the original scripts: GRPO / REINFORCE with a low-variance KL loss of 0.001; PPO with a critic and KL in reward
@@ -83,50 +64,6 @@ ALGOS: dict[str, list[str]] = {
 }
 
 
-class UsageError(Exception):
-    pass
-
-
-@dataclass
-class Launch:
-    algo: str
-    values: dict[str, str]
-    passthrough: list[str] = field(default_factory=list)
-
-
-def usage(algo: str) -> str:
-    lines = [f"usage: bash train_{algo}.sh [KEY VALUE]... [hydra.key=value]...", "valid keys:"]
-    lines += [f"  {k:<18} default {v[0]!r:<24} {v[1]}" for k, v in KEYS.items()]
-    return "\n".join(lines)
-
-
-def parse_key_values(argv: list[str], keys: dict[str, tuple[str, str]],
-                     allow_words: bool = False) -> tuple[dict[str, str], list[str], list[str]]:
-    """`KEY VALUE` pairs and `a.b=c` overrides -> (every key's value, its default when not given; the overrides;
-    other words). Without `allow_words` any other word is an unknown key and -h / --help is UsageError("help"); with
-    it (a command that also takes a question), only an upper-case word is taken for a mistyped key, and words
-    starting with '-' are never overrides. A key without a value is a UsageError."""
-    values, overrides, words, i = {}, [], [], 0
-    while i < len(argv):
-        tok = argv[i]
-        if "=" in tok and not tok.startswith("=") and not (allow_words and tok.startswith("-")):
-            overrides.append(tok)
-            i += 1
-        elif not allow_words and tok in ("-h", "--help"):
-            raise UsageError("help")
-        elif tok in keys:
-            if i + 1 >= len(argv) or argv[i + 1] in keys:
-                raise UsageError(f"key {tok} has no value")
-            values[tok] = argv[i + 1]
-            i += 2
-        elif not allow_words or (tok.isupper() and tok.replace("_", "").isalnum() and len(tok) > 1):
-            raise UsageError(f"unknown key {tok!r}")
-        else:
-            words.append(tok)
-            i += 1
-    return {k: values.get(k, default) for k, (default, _) in keys.items()}, overrides, words
-
-
 def parse_args(algo: str, argv: list[str]) -> Launch:
     if algo not in ALGOS:
         raise UsageError(f"unknown algorithm {algo!r}; valid: {', '.join(ALGOS)}")
@@ -134,34 +71,10 @@ def parse_args(algo: str, argv: list[str]) -> Launch:
     return Launch(algo, values, passthrough)
 
 
-def parse_bool(value: str, key: str) -> bool:
-    """true/false, 1/0, yes/no (any case); anything else is a UsageError naming the key."""
-    word = str(value).strip().lower()
-    if word in TRUE_WORDS or word in FALSE_WORDS:
-        return word in TRUE_WORDS
-    raise UsageError(f"{key} expects true/false (or 1/0, yes/no), got {value!r}")
-
-
-def _has_gpu() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except Exception:
-        return False
-
-
 def _gpu_count() -> int:
     import torch
 
     return max(torch.cuda.device_count(), 1)
-
-
-def _num(v: dict[str, str], key: str, kind: type) -> None:
-    try:
-        kind(v[key])
-    except ValueError:
-        raise UsageError(f"{key} expects {'an integer' if kind is int else 'a number'}, got {v[key]!r}") from None
 
 
 def _model_name(path: str) -> str:
@@ -190,28 +103,21 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
 
         v["PRECISION"] = "bf16" if not cpu or cpu_has_native_bf16() else "fp32"
     if v["PRECISION"] not in ("fp32", "bf16"):
-        raise UsageError(f"PRECISION must be auto, fp32 or bf16, got {v['PRECISION']!r}")
+        raise BadValue(f"PRECISION must be auto, fp32 or bf16, got {v['PRECISION']!r}")
     for k in BOOL_KEYS:
         v[k] = "true" if parse_bool(v[k], k) else "false"
     v["LOG_LEVEL"] = v["LOG_LEVEL"].upper()
     if v["LOG_LEVEL"] not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise UsageError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {launch.values['LOG_LEVEL']!r}")
+        raise BadValue(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {launch.values['LOG_LEVEL']!r}")
     if v["SAVE_FREQ"] == "auto":  # a CPU step takes minutes: a kill must lose at most one
         v["SAVE_FREQ"] = "1" if cpu else v["TOTAL_STEPS"]
     if v["TEST_FREQ"] == "auto":
         v["TEST_FREQ"] = v["TOTAL_STEPS"]
-    for k in ("NUM_GPUS_PER_NODE", "NNODES", "TOTAL_STEPS", "SAVE_FREQ", "TEST_FREQ", "TRAIN_BATCH_SIZE", "ROLLOUT_N",
-              "MAX_TURNS", "TOPK", "PORT"):
-        _num(v, k, int)
-    for k in ("START_THRESHOLD", "END_THRESHOLD", "LR", "SAVE_MINUTES"):
-        _num(v, k, float)
     if launch.algo == "ppo" and launch.values["ROLLOUT_N"] == "auto":
         v["ROLLOUT_N"] = "1"
+    check_values(launch.algo, v)
     data = v["DATA_PATH"].rstrip("/")
-    search_engine = v["SEARCH_ENGINE"]
-    if search_engine == "auto":
-        search_engine = "local" if Path(data).resolve() == (ROOT / EMBEDDED_DATA).resolve() or \
-            (Path(data) / "corpus.jsonl").exists() else "google"
+    search_engine = validation_engine(v)
     corpus = v["CORPUS_PATH"] if v["CORPUS_PATH"] != "auto" else f"{data}/corpus.jsonl"
     name = v["EXPERIMENT_NAME"]
     if name == "auto":  # like the original's <model>_<algo>_<search mode>_<simulator>_<start>_<end>
@@ -259,8 +165,15 @@ def build_overrides(launch: Launch, gpu: bool | None = None) -> list[str]:
         ov.append("trainer.ray_address=auto")  # several nodes: the cluster started with `ray start` (README)
     if v["CHECKPOINT_DIR"] != "auto":
         ov.append(f"trainer.default_local_dir={v['CHECKPOINT_DIR']}")
-    # The batch shape must stay divisible: mini-batch = whole batch (one update per step, as on CPU).
+    # The batch shape must stay divisible: mini-batch = whole batch (one update per step, as on CPU), and each
+    # row-count micro-batch (used when use_dynamic_bsz is off) the largest divisor of a worker's share of it that is
+    # at most the preset's size.
     ov.append(f"actor_rollout_ref.actor.ppo_mini_batch_size={int(v['TRAIN_BATCH_SIZE'])}")
+    per_worker = int(v["TRAIN_BATCH_SIZE"]) * int(v["ROLLOUT_N"]) // (int(v["NUM_GPUS_PER_NODE"]) * int(v["NNODES"]))
+    for key, preset in MICRO_BATCHES.items():
+        size = max(d for d in range(1, min(preset, per_worker) + 1) if per_worker % d == 0)
+        if size != preset:
+            ov.append(f"{key}={size}")
     # Token-budget micro-batches (the trainer's memory plan lowers the budgets further when the machine needs it).
     ov += ["actor_rollout_ref.actor.use_dynamic_bsz=true", "critic.use_dynamic_bsz=true"]
     if cpu:  # about two rows of the embedded setup (512 + 320 tokens) per micro-batch, decoder layers recomputed in
@@ -304,15 +217,29 @@ def main(argv: list[str] | None = None) -> int:
     try:
         launch = parse_args(algo, argv)
         overrides = build_overrides(launch)
+    except BadValue as e:  # one line: the key and what it takes
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except (UsageError, ValueError) as e:
         if str(e) != "help":
             print(f"error: {e}", file=sys.stderr)
         print(usage(algo if algo in ALGOS else "grpo"), file=sys.stderr)
         return 0 if str(e) == "help" else 2
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", "--config-name", "zerosearch", *overrides]
+    problems = check_local(launch)
     if parse_bool(launch.values["DRY_RUN"], "DRY_RUN"):
         print(" ".join(cmd))
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
         return _print_placement(overrides)
+    if not problems and _simulator_needed(launch.values) and not _can_serve(launch.values) and \
+            not simulator_answers(launch.values):
+        problems.append(f"no simulation server answers at {launch.values['IP']}:{launch.values['PORT']} (SEARCH_MODE "
+                        f"{launch.values['SEARCH_MODE']}): start one with scripts/launch_simulation_server.sh, or set "
+                        "SIMULATION_LLM to a local model dir (or 'embedded') to serve one on 127.0.0.1")
+    if problems:
+        print(f"error: {problems[0]}", file=sys.stderr)
+        return 2
     from verl.utils import reaper
 
     reaper.guard()  # SIGTERM / SIGHUP stop what this starts, like Ctrl-C; a reaper covers a SIGKILL of this process
@@ -339,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         # the trainer gets SIGTERM if this process dies without stopping it (it then shuts its Ray cluster down)
         proc = subprocess.Popen(cmd, cwd=ROOT, preexec_fn=reaper.pdeathsig_preexec(signal.SIGTERM))
         try:
-            return proc.wait()
+            return _trainer_exit(proc.wait(), overrides, run_log.path)
         except KeyboardInterrupt as e:  # Ctrl-C (the trainer got it too), SIGTERM or SIGHUP (reaper.Terminated)
             return _stop_trainer(proc, e)
     except KeyboardInterrupt as e:  # while the simulation server was starting (it is stopped by now)
@@ -348,6 +275,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
+
+
+def _trainer_exit(rc: int, overrides: list[str], log_path: Path) -> int:
+    """The trainer's exit code as the shell's (128 + signal when a signal killed it, which the trainer cannot report
+    itself: say so, and how to resume)."""
+    if rc >= 0:
+        return rc
+    try:
+        name = signal.Signals(-rc).name
+    except ValueError:
+        name = f"signal {-rc}"
+    why = " (the kernel's OOM killer, or kill -9)" if -rc == signal.SIGKILL else ""
+    print(f"error: the trainer was killed by {name}{why}. Run the same command again to resume from the last complete "
+          f"checkpoint in {run_dir(overrides)}; the run log is {log_path}", file=sys.stderr)
+    return 128 - rc
 
 
 def _print_placement(overrides: list[str]) -> int:
@@ -417,6 +359,11 @@ def simulator_answers(v: dict[str, str]) -> bool:
     return all(is_healthy(f"http://{ip}:{int(v['PORT'])}") for ip in _ips(v))
 
 
+def _can_serve(v: dict[str, str]) -> bool:
+    """This launcher can start the simulation server itself: a local model, on this machine."""
+    return _local_model(v["SIMULATION_LLM"]) and all(ip in ("127.0.0.1", "localhost") for ip in _ips(v))
+
+
 def _ensure_simulator(v: dict[str, str], log_path: Path):
     """Start a local simulation server (output: `log_path`) when the mode needs one and none answers at IP:PORT."""
     if not _simulator_needed(v):
@@ -426,7 +373,7 @@ def _ensure_simulator(v: dict[str, str], log_path: Path):
     port = int(v["PORT"])
     if simulator_answers(v):
         return None
-    if not _local_model(v["SIMULATION_LLM"]) or any(ip not in ("127.0.0.1", "localhost") for ip in _ips(v)):
+    if not _can_serve(v):
         raise SystemExit(f"no simulation server answers at {v['IP']}:{port}; start one with "
                          "scripts/launch_simulation_server.sh or set SIMULATION_LLM to a local model")
     logger.info("no simulator at 127.0.0.1:%d: serving %s for this run", port, v["SIMULATION_LLM"])

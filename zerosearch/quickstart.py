@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         root, total = _run_settings(parsed)
     except (launch.UsageError, ValueError):
         return launch.main(args)  # prints the error and the valid keys
-    if parsed.values["DRY_RUN"].lower() == "true":
+    if launch.parse_bool(parsed.values["DRY_RUN"], "DRY_RUN"):  # `DRY_RUN 1` / `yes` too
         return launch.main(args)
     metrics = root / "logs" / "metrics.jsonl"
     rc = launch.main([*args, *plan_run(root, total)])

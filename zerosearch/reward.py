@@ -296,18 +296,23 @@ def compute_score(
     format_reward: float = 0.0,
     strict_format: bool = False,
     cfg: RewardConfig | None = None,
+    format_text: str | None = None,
 ) -> dict[str, float]:
     """Score one response against its gold answers.
 
     Returns {"score", "em", "f1", "substring", "format_ok", "has_answer"} (floats in [0, 1]). `cfg`, when given,
-    overrides the keyword settings. A response without `<answer>` scores 0 on every metric.
+    overrides the keyword settings. A response without `<answer>` scores 0 on every metric. `format_text`, when
+    given, is read instead of `response` for the answer and the format check (the rollout's `format_text`: inserted
+    spans reduced to their `<information>` blocks, so neither a chat template's role words nor the example
+    `<answer>` of a corrective message are taken for the policy's).
     """
     if cfg is None:
         cfg = RewardConfig(metric, format_penalty, format_reward, strict_format)
-    pred = extract_answer(response)
+    text = response if format_text is None else format_text
+    pred = extract_answer(text)
     golds = _as_gold_list(ground_truth)
     values = {"em": exact_match(pred, golds), "f1": f1_score(pred, golds), "substring": substring_match(pred, golds)}
-    fmt = check_format(response, strict=cfg.strict_format)
+    fmt = check_format(text, strict=cfg.strict_format)
     has_answer = pred is not None
     score = combine_score(values[cfg.metric], has_answer, fmt.valid, cfg)
     return {"score": score, **values, "format_ok": float(fmt.valid), "has_answer": float(has_answer)}
@@ -318,8 +323,10 @@ def score_batch(
     ground_truths: Sequence[Any],
     data_sources: Sequence[str],
     cfg: RewardConfig | Mapping[str, Any] | None = None,
+    format_texts: Sequence[str] | None = None,
 ) -> tuple[list[float], list[dict[str, float]]]:
-    """Reward of a batch for the trainer: (scores, per-sample metric dicts), in input order."""
+    """Reward of a batch for the trainer: (scores, per-sample metric dicts), in input order. `format_texts`: one
+    per response, what the format check reads (see `compute_score`)."""
     if not isinstance(cfg, RewardConfig):
         cfg = RewardConfig.from_dict(cfg)
     n = len(responses)
@@ -328,5 +335,9 @@ def score_batch(
             f"score_batch needs one ground truth and one data source per response: got {n} responses, "
             f"{len(ground_truths)} ground truths, {len(data_sources)} data sources"
         )
-    per_sample = [compute_score(r, gt, cfg=cfg) for r, gt in zip(responses, ground_truths)]
+    if format_texts is not None and len(format_texts) != n:
+        raise ValueError(f"score_batch needs one format text per response: got {n} responses, "
+                         f"{len(format_texts)} format texts")
+    fmts = [None] * n if format_texts is None else list(format_texts)
+    per_sample = [compute_score(r, gt, cfg=cfg, format_text=f) for r, gt, f in zip(responses, ground_truths, fmts)]
     return [m["score"] for m in per_sample], per_sample

@@ -143,8 +143,36 @@ def test_command_line_errors_name_the_key(capsys):
     assert ev.main(["DATA_PATH", "/nonexistent/x.parquet"]) == 2
     assert "DATA_PATH '/nonexistent/x.parquet' does not exist" in capsys.readouterr().err
     assert ev.main(["SEARCH_ENGINE", "bing"]) == 2
-    assert "SEARCH_ENGINE must be one of" in capsys.readouterr().err
+    assert "SEARCH_ENGINE must be auto or one of" in capsys.readouterr().err
     assert ev.main(["--compare", "only_one"]) == 2
+
+
+@pytest.mark.parametrize("key,value,says", [
+    ("PORT", "99999", "PORT must be in [1, 65535]"),
+    ("IP", "10.0.0.1,not a host", "IP expects IPv4 addresses or host names"),
+    ("TOPK", "0", "TOPK must be in [1, 1000]"),
+    ("MAX_TURNS", "-1", "MAX_TURNS must be >= 0"),
+    ("RETRIEVER_URL", "ftp://127.0.0.1", "RETRIEVER_URL expects http(s)://HOST[:PORT]"),
+    ("DEVICE", "tpu", "DEVICE must be auto or cpu or cuda"),
+    ("ROLLOUT", "sglang", "ROLLOUT must be vllm or hf"),
+    ("DTYPE", "fp8", "DTYPE must be one of auto, fp32"),
+    ("TEMPERATURE", "nan", "TEMPERATURE expects a finite number"),
+    ("TEMPERATURE", "-0.5", "TEMPERATURE must be >= 0"),
+    ("TOP_P", "0", "TOP_P must be in (0, 1]"),
+    ("TOP_P", "1.5", "TOP_P must be in [0, 1]"),
+    ("SEED", "one", "SEED expects an integer"),
+    ("MAX_SAMPLES", "0", "MAX_SAMPLES must be >= 1 (or -1: all)"),
+    ("BATCH_SIZE", "0", "BATCH_SIZE must be >= 1"),
+    ("VERBOSE", "maybe", "VERBOSE"),
+    ("SIMULATION_LLM", " ", "SIMULATION_LLM is empty"),
+])
+def test_evaluate_checks_its_values_as_the_train_scripts_do(capsys, tmp_path, key, value, says):
+    """The keys evaluate.sh shares with the train scripts get the same checks, before any file is read or written."""
+    out = tmp_path / "out"
+    assert ev.main([key, value, "OUT", str(out), "DATA_PATH", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err, err
+    assert not out.exists()
 
 
 def test_a_checkpoint_trained_with_other_rollout_settings_is_named(tmp_path):

@@ -200,11 +200,10 @@ def test_a_started_simulation_server_is_counted_by_the_memory_plan(monkeypatch):
     from zerosearch.launch import SERVER_KV_GIB, _server_gb
 
     monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)  # the server gets SERVER_KV_GIB
-    child = subprocess.Popen([sys.executable, "-c", "x = bytearray(300_000_000); import time; time.sleep(30)"])
+    child = subprocess.Popen([sys.executable, "-c", "x = bytearray(300_000_000); print('held', flush=True); "
+                              "import time; time.sleep(30)"], stdout=subprocess.PIPE, text=True)
     try:
-        import time
-
-        time.sleep(1.0)
+        assert child.stdout.readline().strip() == "held"  # the 300 MB are resident (a fixed sleep was flaky)
         server = SimpleNamespace(process=child)
         planned = vllm_server_bytes(SMOLLM2_135M, w=4, kv_gb=SERVER_KV_GIB) / GB
         assert _server_gb(server, "embedded", cpu=True) == pytest.approx(planned)  # the estimate when larger
@@ -236,3 +235,16 @@ def test_backend_keys_only_where_a_backend_reads_them(mode, engine, passed, left
     keys = {o.split("=", 1)[0].removeprefix("search.") for o in ov if o.startswith("search.")}
     assert passed <= keys and not (left_out & keys), keys
     compose_config("zerosearch", ov)  # Hydra composes it: every key exists in the config
+
+
+def test_a_trainer_killed_by_a_signal_is_named_with_how_to_resume(tmp_path, capsys):
+    from zerosearch.launch import _trainer_exit
+
+    overrides = [f"trainer.default_local_dir={tmp_path / 'run'}"]
+    assert _trainer_exit(0, overrides, tmp_path / "train.log") == 0
+    assert _trainer_exit(2, overrides, tmp_path / "train.log") == 2
+    assert capsys.readouterr().err == ""
+    assert _trainer_exit(-9, overrides, tmp_path / "train.log") == 137  # the shell's code, not 247
+    err = capsys.readouterr().err
+    assert "killed by SIGKILL" in err and "OOM" in err and "resume" in err and str(tmp_path / "run") in err
+    assert _trainer_exit(-15, overrides, tmp_path / "train.log") == 143

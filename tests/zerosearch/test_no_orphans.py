@@ -10,67 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Tree:
-    """Every process that ever was a descendant of `pid` (pid, start time, command line), recorded every 0.2 s."""
-
-    def __init__(self, pid: int) -> None:
-        self.root = psutil.Process(pid)
-        self.seen: dict[tuple[int, float], psutil.Process] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for p in self.root.children(recursive=True):
-                    try:
-                        self.seen.setdefault((p.pid, p.create_time()), p)
-                    except psutil.Error:
-                        pass
-            except psutil.Error:
-                pass
-            time.sleep(0.2)
-
-    def names(self) -> list[str]:
-        out = []
-        for p in list(self.seen.values()):
-            try:
-                out.append(" ".join(p.cmdline()) or p.name())
-            except psutil.Error:
-                pass
-        return out
-
-    def wait_for(self, what: str, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if any(what in n for n in self.names()):
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"no {what!r} process in {self.names()}")
-
-    def left_after(self, timeout_s: float) -> list[str]:
-        self._stop.set()
-        self._thread.join()
-        _, alive = psutil.wait_procs(list(self.seen.values()), timeout=timeout_s)
-        out = []
-        for p in alive:
-            try:
-                out.append(f"{p.pid} {' '.join(p.cmdline()) or p.name()}")
-            except psutil.Error:
-                pass
-        return out
 
 
 def _free_port() -> int:
@@ -88,17 +34,17 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def _launch(tmp_path: Path, port: int, *keys: str) -> tuple[subprocess.Popen, Tree]:
+def _launch(process_tree, tmp_path: Path, port: int, *keys: str) -> tuple[subprocess.Popen, object]:
     cmd = [sys.executable, "-m", "zerosearch.launch", "grpo", "PORT", str(port), "CHECKPOINT_DIR",
            str(tmp_path / "run"), "ROLLOUT", "hf", "TOTAL_STEPS", "3", "TRAIN_BATCH_SIZE", "2", "ROLLOUT_N", "2",
            "VAL_BEFORE_TRAIN", "false", "TEST_FREQ", "-1", "SAVE_FREQ", "-1", "LOGGER", "console", *keys]
     env = {k: v for k, v in os.environ.items() if k != "VERL_REAPER_WATCHES"}
     log = open(tmp_path / "launcher.out", "w")
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-    return proc, Tree(proc.pid)
+    return proc, process_tree(proc.pid)
 
 
-def _wait_for_training(tmp_path: Path, tree: Tree, timeout_s: float) -> None:
+def _wait_for_training(tmp_path: Path, tree, timeout_s: float) -> None:
     """Until the FSDP worker is built (its 'ready' line is in the run log) and a step has started."""
     log = tmp_path / "run" / "logs" / "train.log"
     deadline = time.monotonic() + timeout_s
@@ -110,7 +56,7 @@ def _wait_for_training(tmp_path: Path, tree: Tree, timeout_s: float) -> None:
     raise AssertionError(f"training did not start: {tree.names()}")
 
 
-def _check_clean(proc: subprocess.Popen, tree: Tree, port: int, tmp_path: Path, expect_rc: int | None) -> None:
+def _check_clean(proc: subprocess.Popen, tree, port: int, tmp_path: Path, expect_rc: int | None) -> None:
     rc = proc.wait(timeout=60)
     left = tree.left_after(30.0)
     out = (tmp_path / "launcher.out").read_text(errors="replace")
@@ -120,9 +66,9 @@ def _check_clean(proc: subprocess.Popen, tree: Tree, port: int, tmp_path: Path, 
         assert rc == expect_rc, out[-3000:]
 
 
-def test_sigterm_while_the_simulation_server_starts(tmp_path):
+def test_sigterm_while_the_simulation_server_starts(tmp_path, process_tree):
     port = _free_port()
-    proc, tree = _launch(tmp_path, port, "SEARCH_MODE", "simulate_prompt")
+    proc, tree = _launch(process_tree, tmp_path, port, "SEARCH_MODE", "simulate_prompt")
     tree.wait_for("api_server", 120)
     tree.wait_for("EngineCore", 120)  # the server is starting its engine: it ignores SIGTERM at this point
     proc.send_signal(signal.SIGTERM)
@@ -130,18 +76,18 @@ def test_sigterm_while_the_simulation_server_starts(tmp_path):
     assert "stopped (SIGTERM) while starting the simulation server" in (tmp_path / "launcher.out").read_text()
 
 
-def test_sigterm_during_training_with_the_simulation_server(tmp_path):
+def test_sigterm_during_training_with_the_simulation_server(tmp_path, process_tree):
     port = _free_port()
-    proc, tree = _launch(tmp_path, port, "SEARCH_MODE", "simulate_prompt")
+    proc, tree = _launch(process_tree, tmp_path, port, "SEARCH_MODE", "simulate_prompt")
     _wait_for_training(tmp_path, tree, 600)
     assert any("api_server" in n for n in tree.names()) and any("ray::" in n for n in tree.names())
     proc.send_signal(signal.SIGTERM)
     _check_clean(proc, tree, port, tmp_path, 143)
 
 
-def test_sigkill_during_training(tmp_path):
+def test_sigkill_during_training(tmp_path, process_tree):
     port = _free_port()
-    proc, tree = _launch(tmp_path, port, "SEARCH_MODE", "local")
+    proc, tree = _launch(process_tree, tmp_path, port, "SEARCH_MODE", "local")
     _wait_for_training(tmp_path, tree, 600)
     assert any("raylet" in n for n in tree.names()) and any("ray::" in n for n in tree.names())
     proc.kill()  # no cleanup can run in the launcher: the trainer's death signal and the reaper must do it

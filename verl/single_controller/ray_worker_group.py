@@ -34,7 +34,7 @@ import ray
 
 from verl.protocol import DataProto
 from verl.single_controller.placement import ResourcePool, plan_pool
-from verl.utils import console
+from verl.utils import console, faults
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,8 @@ class RayWorkerGroup:
             self.master_addr, self.master_port = rank0["ip"], int(rank0["free_port"])
             refs = []
             for rank, actor in enumerate(self._actors):
-                rank_env = {**console.worker_env(), **{k: str(v) for k, v in (env or {}).items()}}
+                rank_env = {**console.worker_env(), **faults.worker_env(),
+                            **{k: str(v) for k, v in (env or {}).items()}}
                 rank_env.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(self.local_ranks[rank]),
                                 LOCAL_WORLD_SIZE=str(resource_pool.local_world_sizes[rank]),
                                 MASTER_ADDR=self.master_addr, MASTER_PORT=str(self.master_port), WORKER_GROUP=name)

@@ -31,7 +31,9 @@ class DataConfig:
     shuffle: bool = True
     seed: int = 1
     apply_chat_template: bool = True
-    truncation: str = "error"  # error | left | right, for prompts longer than max_prompt_length
+    # prompts longer than max_prompt_length: error (refuse the file, naming the row) | left | right | middle (cut
+    # the start, the end or the middle: the system prompt and instructions are at the start)
+    truncation: str = "error"
     assistant_prefix: str = ""  # text the assistant turn starts with (part of the prompt, not trained)
 
 
@@ -276,6 +278,7 @@ class PPOConfig:
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 KL_TYPES = ("kl", "k1", "abs", "mse", "k2", "low_var_kl", "k3")
+TRUNCATIONS = ("error", "left", "right", "middle")  # verl's data.truncation
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -306,9 +309,24 @@ def validate(cfg: PPOConfig) -> PPOConfig:
     _check(t.total_training_steps >= 1, "trainer.total_training_steps must be >= 1")
     _check(d.max_prompt_length > 0 and d.max_response_length > 0,
            "data.max_prompt_length and data.max_response_length must be > 0")
-    _check(d.truncation in ("error", "left", "right"),
-           f"data.truncation must be error|left|right, got {d.truncation!r}")
+    _check(d.truncation in TRUNCATIONS, f"data.truncation must be one of {'|'.join(TRUNCATIONS)}, got "
+           f"{d.truncation!r}")
     _check(r.n >= 1, "actor_rollout_ref.rollout.n must be >= 1")
+    for key, size in (("data.train_batch_size", d.train_batch_size), ("data.val_batch_size", d.val_batch_size),
+                      ("data.val_max_samples", d.val_max_samples),
+                      ("actor_rollout_ref.actor.ppo_mini_batch_size", a.ppo_mini_batch_size),
+                      ("actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", a.ppo_micro_batch_size_per_gpu),
+                      ("actor_rollout_ref.actor.ppo_epochs", a.ppo_epochs),
+                      ("actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu",
+                       r.log_prob_micro_batch_size_per_gpu),
+                      ("actor_rollout_ref.rollout.val_kwargs.n", r.val_kwargs.n),
+                      ("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu",
+                       cfg.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu),
+                      ("critic.ppo_mini_batch_size", cfg.critic.ppo_mini_batch_size),
+                      ("critic.ppo_micro_batch_size_per_gpu", cfg.critic.ppo_micro_batch_size_per_gpu),
+                      ("critic.ppo_epochs", cfg.critic.ppo_epochs), ("trainer.total_epochs", t.total_epochs)):
+        _check(size is None or size >= 1, f"{key} must be >= 1, got {size}")
+    _check(d.max_obs_length > 0, f"data.max_obs_length must be > 0, got {d.max_obs_length}")
     from verl.trainer.ppo.core_algos import get_adv_estimator
 
     try:

@@ -1,8 +1,9 @@
 """Hydra entry point: `python -m verl.trainer.main_ppo [--config-name NAME] key=value ...`.
 
 Composes `configs/<name>.yaml` with the overrides, validates it into a typed `PPOConfig` (errors name the
-key), starts Ray (CPU cores or GPUs), builds the worker groups and the plugged components, and runs
-`RayPPOTrainer.fit()`. `run(cfg)` is the same thing without Hydra, for scripts and tests.
+key), runs the start-up check (`verl.trainer.preflight`: model paths, data files, the components' config), starts
+Ray (CPU cores or GPUs), builds the worker groups and the plugged components, and runs `RayPPOTrainer.fit()`.
+`run(cfg)` is the same thing without Hydra, for scripts and tests.
 
 The command line keeps the console quiet (`verl.utils.console`: everything goes to
 `<trainer.default_local_dir>/logs/train.log`, the console shows progress, metrics and what matters;
@@ -20,6 +21,7 @@ import os
 import sys
 from pathlib import Path
 
+from verl.trainer import preflight
 from verl.trainer.config import ConfigError, PPOConfig, load_config, to_dict
 from verl.utils import console
 
@@ -142,21 +144,41 @@ def placement_report(cfg: PPOConfig) -> list[str]:
     return lines
 
 
-def build_trainer(cfg: PPOConfig, device: str, memory_plan=None):
-    """Worker groups + tokenizer + components -> RayPPOTrainer (Ray must be up); `memory_plan` is logged beside the
-    measured peaks each step."""
+def load_tokenizer(cfg: PPOConfig):
+    """The actor model's tokenizer (the embedded model is converted here, once, in the driver)."""
     from transformers import AutoTokenizer
 
-    from verl.trainer.ppo.components import load_component, make_last_number_reward, make_single_turn_rollout
-    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
     from verl.utils.models import resolve_model_path
-    from verl.utils.tracking import Tracking
-    from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker
 
-    model_dir = resolve_model_path(cfg.actor_rollout_ref.model.path)  # convert once in the driver
+    model_dir = resolve_model_path(cfg.actor_rollout_ref.model.path)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_datasets(cfg: PPOConfig, tokenizer):
+    """(train, val) prompt datasets, tokenised and checked (schema, prompt lengths): ConfigError on a problem."""
+    from verl.trainer.ppo.ray_trainer import load_datasets as load
+
+    check = preflight.component(cfg.dataset_check.target, "dataset_check.target")
+    try:
+        return load(cfg, tokenizer, check)
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as e:  # schema errors name the file and the column
+        raise ConfigError(str(e)) from None
+
+
+def build_trainer(cfg: PPOConfig, device: str, memory_plan=None, tokenizer=None, datasets=None):
+    """Worker groups + tokenizer + components -> RayPPOTrainer (Ray must be up); `memory_plan` is logged beside the
+    measured peaks each step; `tokenizer` and `datasets` (load_tokenizer, load_datasets) are built when not given."""
+    from verl.trainer.ppo.components import load_component, make_last_number_reward, make_single_turn_rollout
+    from verl.trainer.ppo.ray_trainer import RayPPOTrainer
+    from verl.utils.tracking import Tracking
+    from verl.workers.fsdp_workers import ActorRolloutRefWorker, CriticWorker
+
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg)
 
     def component(c, default, key):
         factory = load_component(c.target, key) if c.target else default
@@ -179,18 +201,23 @@ def build_trainer(cfg: PPOConfig, device: str, memory_plan=None):
     tracker = Tracking(t.project_name, t.experiment_name, t.logger, to_dict(cfg), str(log_dir),
                        t.total_training_steps)
     return RayPPOTrainer(cfg, tokenizer, actor_wg, critic_wg, rollout_fn, reward_fn, tracker=tracker,
-                         dataset_check=check, memory_plan=memory_plan)
+                         dataset_check=check, memory_plan=memory_plan, datasets=datasets)
 
 
-def run(cfg: PPOConfig) -> dict:
+def run(cfg: PPOConfig, check: bool = True) -> dict:
+    """Train; `check=False` skips the start-up check (`verl.trainer.preflight`) when the caller has run it."""
     import ray
 
     from verl.utils.memory_fit import apply_memory_plan
 
+    if check:
+        preflight.check(cfg)  # model paths, data files, components' config: before Ray and any model
     device = resolve_device(cfg.trainer.device)
     plan = apply_memory_plan(cfg, device)  # trainer.memory_plan: may adjust cfg or refuse it, before Ray and models
+    tokenizer = load_tokenizer(cfg)
+    datasets = load_datasets(cfg, tokenizer)  # prompt lengths (data.truncation) are known only once tokenised
     init_ray(cfg, device)
-    trainer = build_trainer(cfg, device, memory_plan=plan)
+    trainer = build_trainer(cfg, device, memory_plan=plan, tokenizer=tokenizer, datasets=datasets)
     try:
         return trainer.fit()
     finally:
@@ -207,13 +234,13 @@ def run(cfg: PPOConfig) -> dict:
             ray.shutdown()
 
 
-def run_cli(cfg: PPOConfig) -> int:
+def run_cli(cfg: PPOConfig, check: bool = True) -> int:
     """`run(cfg)` for the command line: the exit code (0 done, 1 failed, 2 config error, 130 interrupted); a failure
     prints one paragraph on the console (worker, memory, checkpoint, what to change), the raw report goes to the log."""
     from verl.utils import failure, progress
 
     try:
-        summary = run(cfg)
+        summary = run(cfg, check=check)
     except ConfigError as e:
         progress.abort()
         console.console_write(f"config error: {e}")
@@ -244,9 +271,53 @@ def compose_config(config_name: str = "ppo_trainer", overrides: list[str] | None
     return load_config(data)
 
 
+SECRET_ENV = "ZEROSEARCH_SECRET_{}"
+
+
+def hide_secret_overrides(argv: list[str], environ=os.environ) -> list[str]:
+    """`argv` with the value of every secret-looking override (`+search.serpapi_key=...`, `*api_key=`, `*token=`,
+    `*secret*=`: `verl.utils.tracking.redact`'s notion) moved into the environment and replaced by the interpolation
+    `${oc.env:ZEROSEARCH_SECRET_<i>}`, so that neither Hydra's messages nor the run log ever show it."""
+    from verl.utils.tracking import _secret_name
+
+    out = []
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if eq and value and not value.startswith("${") and not name.startswith("-") and _secret_name(name):
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":  # Hydra's quoting
+                value = value[1:-1]
+            env = SECRET_ENV.format(i)
+            environ[env] = value
+            arg = f"{name}=${{oc.env:{env}}}"
+        out.append(arg)
+    return out
+
+
+def _created_dir(path: Path) -> Path | None:
+    """The outermost directory that creating `path` would make (None when `path` exists)."""
+    path = path.absolute()
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
+def _remove_if_only_logs(created: Path | None, run_dir: Path) -> None:
+    """After a config error: remove the directories this run created, if they hold nothing but its logs."""
+    import shutil
+
+    if created is None or not run_dir.is_dir() or set(os.listdir(run_dir)) - {"logs"}:
+        return
+    logging.shutdown()  # closes the run log's file handler
+    shutil.rmtree(created, ignore_errors=True)
+
+
 def main() -> None:
     import hydra
     from omegaconf import OmegaConf
+
+    sys.argv[1:] = hide_secret_overrides(sys.argv[1:])
 
     @hydra.main(config_path=CONFIG_DIR, config_name="ppo_trainer", version_base=None)
     def _main(dcfg) -> None:
@@ -254,15 +325,21 @@ def main() -> None:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per search request otherwise
         try:
             cfg = load_config(OmegaConf.to_container(dcfg, resolve=True))
+            preflight.check(cfg)  # before the run's log dir exists: a config error leaves nothing behind
         except ConfigError as e:
             print(f"config error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
         t = cfg.trainer
-        console.setup_run_logging(Path(t.default_local_dir) / "logs", t.log_level, t.verbose)
+        run_dir = Path(t.default_local_dir)
+        created = _created_dir(run_dir)
+        console.setup_run_logging(run_dir / "logs", t.log_level, t.verbose)
         from verl.utils import reaper
 
         reaper.guard()  # SIGTERM / SIGHUP shut Ray down like Ctrl-C; a reaper stops what a SIGKILL would leave
-        raise SystemExit(run_cli(cfg))  # SystemExit passes through Hydra, which would add its own traceback hint
+        code = run_cli(cfg, check=False)
+        if code == 2:  # a config error found after start-up (device, memory plan, prompt lengths)
+            _remove_if_only_logs(created, run_dir)
+        raise SystemExit(code)  # SystemExit passes through Hydra, which would add its own traceback hint
 
     _main()
 

@@ -101,3 +101,37 @@ def prune(root: str | Path, keep: int | None) -> list[Path]:
         shutil.rmtree(step_dir(root, s), ignore_errors=True)
         removed.append(step_dir(root, s))
     return removed
+
+
+def mend_metrics(tracker, checkpoint: str | Path | None, step: int) -> dict | None:
+    """Make the run's `metrics.jsonl` hold each step up to `step` once, before a (resumed) session logs more.
+
+    A killed session may have logged steps past its last complete checkpoint (they are redone now, so their
+    records are cut off) or left a last line cut short (cut off). Without a checkpoint (`checkpoint` None: a fresh
+    start) every record is of lost work and the file is emptied. The file is cut in place (the tracker appends to
+    it). Returns the record of step `step` kept in the checkpoint's trainer_state.json when the file lacks it (the
+    session saved the step and was killed before logging it: the caller logs it), else None."""
+    path = Path(tracker.log_dir) / "metrics.jsonl" if tracker is not None else None
+    if path is None:
+        return None
+    limit = step if checkpoint is not None else -1
+    data = path.read_bytes() if path.exists() else b""
+    keep, seen = 0, set()
+    for line in data.splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+            ok = line.endswith(b"\n") and isinstance(rec, dict) and int(rec.get("step", -1)) <= limit
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            break
+        keep += len(line)
+        seen.add(int(rec["step"]))
+    if keep < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(keep)
+    if checkpoint is None or step in seen or step == 0:
+        return None
+    state_file = Path(checkpoint) / "trainer_state.json"
+    saved = json.loads(state_file.read_text()).get("metrics") if state_file.exists() else None
+    return dict(saved) if saved else None

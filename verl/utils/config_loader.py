@@ -113,7 +113,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") ->
             continue
         ok, coerced = _type_ok(value, tp)
         if not ok:
-            raise ConfigError(f"{key} expects {getattr(tp, '__name__', tp)}, got {value!r} ({type(value).__name__})")
+            from verl.utils.tracking import _secret_name  # a secret's value is never shown
+
+            shown = "***" if _secret_name(key) else repr(value)
+            raise ConfigError(f"{key} expects {getattr(tp, '__name__', tp)}, got {shown} ({type(value).__name__})")
         kwargs[name] = coerced
     validate = getattr(cls, "validate", None)
     if not callable(validate):

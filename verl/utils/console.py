@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from verl.utils.redact import redact_argv
+
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_NAME = "train.log"
 SHOW = {"console": True}  # logger.info(..., extra=SHOW): on the console whatever the level
@@ -173,7 +175,7 @@ def setup_run_logging(log_dir: str | Path, level: str = "WARNING", verbose: bool
     _install(file_level, fh, ch, console_level, quiet=not verbose)
     with open(path, "a", encoding="utf-8") as f:
         f.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} run started (pid {os.getpid()}): "
-                f"{' '.join(sys.argv)}\n")
+                f"{' '.join(redact_argv(sys.argv))}\n")
     if not verbose:
         adopt_library_loggers()
         os.environ.setdefault("WANDB_SILENT", "true")  # wandb's banner and run summary (the run dir is logged)

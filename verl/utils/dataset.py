@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from verl.utils.config_loader import ConfigError
 from verl.utils.plain import to_plain
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,29 @@ def row_tools(value, key: str, row: int) -> list[dict] | None:
     return value
 
 
+def read_parquet(path: str | Path, key: str) -> pd.DataFrame:
+    """A parquet file as a DataFrame; one that cannot be read raises ConfigError naming `key` (the config key)."""
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 - any reader failure: not a readable parquet file
+        raise ConfigError(f"{key}: {path} is not a readable parquet file ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())})") from None
+
+
+def truncate(ids: list[int], length: int, side: str) -> list[int]:
+    """`ids` cut to `length` tokens (data.truncation): left keeps the end, right the start, middle both ends."""
+    if len(ids) <= length:
+        return ids
+    if side == "left":
+        return ids[-length:]
+    if side == "right":
+        return ids[:length]
+    if side == "middle":
+        head = length // 2
+        return ids[:head] + ids[len(ids) - (length - head):]
+    raise ValueError(f"data.truncation must be left, right or middle to cut a prompt, got {side!r}")
+
+
 class PromptDataset:
     """All rows of one or more parquet files, tokenised."""
 
@@ -78,7 +102,7 @@ class PromptDataset:
                     f"{key}: {f} does not exist. For the embedded world run "
                     "`python -m zerosearch.data.world --out data/embedded` (make quickstart does it)."
                 )
-            df = pd.read_parquet(path)
+            df = read_parquet(path, key)
             if prompt_key not in df.columns:
                 raise ValueError(f"{f}: column '{prompt_key}' (data.prompt_key) missing; columns: {list(df.columns)}")
             if check is not None:
@@ -123,11 +147,13 @@ class PromptDataset:
             if len(ids) > max_prompt_length:
                 too_long += 1
                 if truncation == "error":
-                    raise ValueError(
+                    raise ConfigError(
                         f"{key}: row {i} has a {len(ids)}-token prompt, longer than data.max_prompt_length="
-                        f"{max_prompt_length}; raise data.max_prompt_length or set data.truncation=left|right"
+                        f"{max_prompt_length} (data.truncation=error): raise data.max_prompt_length to at least "
+                        f"{len(ids)}, shorten the prompt, or set data.truncation=left|right|middle to cut it (left "
+                        "cuts the start, where the instructions are)"
                     )
-                ids = ids[-max_prompt_length:] if truncation == "left" else ids[:max_prompt_length]
+                ids = truncate(ids, max_prompt_length, truncation)
             row = {"prompt_ids": ids, "raw_prompt": messages}
             for col in PASSTHROUGH:
                 if col in df.columns:

@@ -8,9 +8,12 @@ and inference CLIs, the simulator tools) calls `guard()` first:
 - A reaper process watches the command: every half second it records the command's whole process tree (Ray's
   workers start in process groups of their own and the servers in sessions of their own, so no single group holds
   them all) and, once the command is gone, however it ended (SIGKILL included), it sends SIGTERM to every recorded
-  process still alive, waits `grace_s`, and SIGKILLs the rest. A process is matched by pid and start time, so a
-  reused pid is never touched. One reaper per process tree: a child command started under a guarded parent (the
-  trainer under the launcher) is already watched.
+  process still alive, waits `grace_s`, and SIGKILLs the rest. Ray's own processes (raylet, GCS, its agents, log
+  monitor and workers) get SIGKILL after `RAY_GRACE_S` instead: their driver is gone, they have nothing to save, and
+  the dashboard and runtime-env agents ignore SIGTERM (they exit on their own only about a minute after their raylet).
+  A process is matched by pid and start time, so a reused pid is never touched. One reaper per command: a command
+  started under a guarded one (the trainer under the launcher) gets its own, so that what it started is stopped
+  when it dies even while its parent lives on.
 `pdeathsig_preexec(sig)` is a `preexec_fn` for `subprocess.Popen` on Linux: the child gets `sig` when its parent
 dies (prctl PR_SET_PDEATHSIG), the first line of defence when the parent is SIGKILLed.
 """
@@ -30,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 ENV_WATCHED = "VERL_REAPER_WATCHES"  # pid of the process whose tree a reaper already watches
 PR_SET_PDEATHSIG = 1
+POLL_S = 0.5  # how often the reaper records the tree, and notices that the command is gone
+RAY_GRACE_S = 1.0  # Ray's processes: SIGTERM, this long, SIGKILL
+_RAY_MARKERS = ("/ray/core/src/ray/", "/ray/dashboard/", "/ray/_private/", "/ray/autoscaler/")
 HANDLED = (signal.SIGTERM, signal.SIGHUP)
 
 
@@ -76,11 +82,13 @@ def pdeathsig_preexec(sig: int = signal.SIGTERM):
 
 
 def start_reaper(pid: int | None = None, grace_s: float = 5.0) -> subprocess.Popen | None:
-    """Start a reaper of `pid`'s process tree (default: this process), unless one already watches it or an ancestor."""
+    """Start a reaper of `pid`'s process tree (default: this process), unless one already watches that process. A
+    reaper of a parent does not count: it acts only when the parent ends (a notebook or a test process that called
+    `guard()` may live on long after a command it started was SIGKILLed)."""
     pid = os.getpid() if pid is None else pid
-    if os.environ.get(ENV_WATCHED):
+    if os.environ.get(ENV_WATCHED) == str(pid):
         return None
-    os.environ[ENV_WATCHED] = str(pid)  # inherited: the children need no reaper of their own
+    os.environ[ENV_WATCHED] = str(pid)  # a second guard() in this process starts no second reaper
     try:
         return subprocess.Popen([sys.executable, "-m", "verl.utils.reaper", "--watch", str(pid), "--grace",
                                  str(grace_s)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -128,7 +136,34 @@ def _tree(root: int, seen: dict[int, float], me: int) -> dict[int, float]:
     return out
 
 
-def reap(pid: int, grace_s: float, poll_s: float = 1.0) -> int:
+def is_ray_process(cmdline: list[str]) -> bool:
+    """Ray's daemons (raylet, gcs_server, agents, log monitor) and its workers (retitled `ray::<name>`)."""
+    if not cmdline:
+        return False
+    if cmdline[0].startswith("ray::"):
+        return True
+    return any(m in arg for arg in cmdline[:3] for m in _RAY_MARKERS)
+
+
+def _stop(procs: list, grace_s: float) -> None:
+    """SIGTERM each, wait up to `grace_s` for them to exit, SIGKILL the rest (and wait for those briefly)."""
+    import psutil
+
+    for proc in procs:
+        try:
+            proc.terminate()
+        except psutil.Error:
+            pass
+    _, still = psutil.wait_procs(procs, timeout=grace_s)
+    for proc in still:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(still, timeout=5)
+
+
+def reap(pid: int, grace_s: float, poll_s: float = POLL_S) -> int:
     """Watch `pid`; when it is gone, stop what remains of its recorded tree. Returns how many processes it stopped."""
     import psutil
 
@@ -153,18 +188,18 @@ def reap(pid: int, grace_s: float, poll_s: float = 1.0) -> int:
                 left.append(proc)
         except psutil.Error:
             pass
+    ray, other = [], []
     for proc in left:
         try:
-            proc.terminate()
+            (ray if is_ray_process(proc.cmdline()) else other).append(proc)
         except psutil.Error:
             pass
-    _, still = psutil.wait_procs(left, timeout=grace_s)
-    for proc in still:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    psutil.wait_procs(still, timeout=5)
+    import threading
+
+    others = threading.Thread(target=_stop, args=(other, grace_s), daemon=True)  # servers: their full grace
+    others.start()
+    _stop(ray, min(RAY_GRACE_S, grace_s))
+    others.join()
     return len(left)
 
 

@@ -8,8 +8,8 @@ W&B runs offline when no API key is configured, so a laptop or CI run still prod
 that `wandb sync` can upload later. A resumed run continues the same W&B run, as verl's does: the run id is kept in
 `<log_dir>/wandb_run_id` (written by the first session; `WANDB_RUN_ID` in the environment takes precedence) and
 passed to `wandb.init(id=..., resume="allow")`. Secrets never reach a logger: the config is redacted first
-(any key that looks like a key/token/secret/password is replaced), and so is the command line W&B records in its
-run metadata (`+search.serpapi_key=...` there would otherwise be written into the run files).
+(`verl.utils.redact`: any key that looks like a key/token/secret/password is replaced), and so is the command line
+W&B records in its run metadata (`+search.serpapi_key=...` there would otherwise be written into the run files).
 """
 
 from __future__ import annotations
@@ -25,14 +25,13 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from verl.utils import progress
 from verl.utils.console import console_write
+from verl.utils.redact import SECRET_MARKERS, _secret_name, redact, redact_argv  # noqa: F401 - re-exported
 
 logger = logging.getLogger(__name__)
 
-SECRET_MARKERS = ("api_key", "apikey", "secret", "password", "serpapi_key", "ser_api_key")  # anywhere in a key
 KNOWN_BACKENDS = ("console", "jsonl", "wandb")
 RUN_ID_FILE = "wandb_run_id"
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -50,47 +49,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
                 continue
             if isinstance(rec, dict):
                 out.append(rec)
-    return out
-
-
-def redact(obj: Any) -> Any:
-    """A deep copy of a config with every secret-looking value replaced by '***'."""
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if _secret_name(str(k)) and not isinstance(v, (dict, list)) and v not in (None, ""):
-                out[k] = "***"
-            else:
-                out[k] = redact(v)
-        return out
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
-
-
-def _secret_name(name: str) -> bool:
-    """A secret-looking key: one of SECRET_MARKERS anywhere, or a last component `token` / `*_token` (hf_token,
-    access_token; not max_tokens or ppo_max_token_len_per_gpu)."""
-    lk = name.lower()
-    last = lk.rsplit(".", 1)[-1].lstrip("-+~")
-    return any(m in lk for m in SECRET_MARKERS) or last == "token" or last.endswith("_token")
-
-
-def redact_argv(argv: list[str]) -> list[str]:
-    """A command line with the value of every secret-looking option replaced by '***': `key=value` overrides
-    (`+search.serpapi_key=sk`, `--api_key=sk`) and a value after a secret-looking flag or KEY (`--token sk`)."""
-    out: list[str] = []
-    hide_next = False
-    for arg in argv:
-        name, eq, _ = arg.partition("=")
-        if hide_next:
-            out.append("***")
-            hide_next = False
-        elif eq and _secret_name(name):
-            out.append(f"{name}=***")
-        else:
-            out.append(arg)
-            hide_next = not eq and _secret_name(arg)
     return out
 
 

@@ -37,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from verl.utils.faults import fault_point
 from verl.utils.models import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def save_sharded(directory: str | Path, model: nn.Module, optimizer: torch.optim
     if optimizer is not None:
         state["optim"] = get_optimizer_state_dict(model, optimizer)
     dcp.save(state, checkpoint_id=str(directory / "dcp"))
+    fault_point("save_checkpoint", (extra or {}).get("step"))  # the tests' mid-save kill
     local = {"rng": _rng_state(), "extra": extra or {},
              "scheduler": scheduler.state_dict() if scheduler is not None else None}
     torch.save(local, directory / f"extra_state_rank{rank}.pt")

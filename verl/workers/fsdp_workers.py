@@ -26,6 +26,7 @@ from verl.protocol import DataProto
 from verl.single_controller.dist import Worker, set_torch_threads
 from verl.trainer.config import PPOConfig
 from verl.utils import memory_usage
+from verl.utils.faults import fault_point
 from verl.utils.models import resolve_model_path
 from verl.workers import checkpoint as ckpt
 from verl.workers.actor import DataParallelPPOActor
@@ -180,6 +181,7 @@ class ActorRolloutRefWorker(_FSDPWorker):
         data.meta_info.setdefault("temperature", self.arr.rollout.temperature)
         start = time.perf_counter()
         metrics = self.actor.update_policy(data)
+        fault_point("update_actor", data.meta_info.get("global_steps"))
         metrics["perf/update_actor_s"] = time.perf_counter() - start
         self._rollout_stale = True
         return metrics

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import shutil
 from collections.abc import Sequence
@@ -43,17 +44,36 @@ class DataSourceError(RuntimeError):
     """A source dataset cannot be loaded (offline hub, missing local file, malformed row)."""
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+class Records(list):
+    """Rows of a JSONL file; `lines[i]` is row i's line number (blank lines are skipped)."""
+
+    def __init__(self, rows: list[dict[str, Any]], lines: list[int]) -> None:
+        super().__init__(rows)
+        self.lines = lines
+
+
+def _read_jsonl(path: Path) -> Records:
+    """One JSON object per non-blank line; DataSourceError naming the file and line of a bad one."""
+    rows, lines = [], []
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataSourceError(f"{path}:{lineno}: not UTF-8 ({exc.reason} at byte {exc.start}); re-encode the "
+                                      "file as UTF-8") from None
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise DataSourceError(f"{path}:{lineno}: not valid JSON ({exc})") from exc
-    return rows
+                raise DataSourceError(f"{path}:{lineno}: not valid JSON ({exc})") from None
+            if not isinstance(record, dict):
+                raise DataSourceError(f"{path}:{lineno}: expected a JSON object with 'question' and 'golden_answers', "
+                                      f"got a JSON {type(record).__name__}")
+            rows.append(record)
+            lines.append(lineno)
+    return Records(rows, lines)
 
 
 def load_local(name: str, kind: str, local_dir: str | Path) -> tuple[list[dict[str, Any]], str, str]:
@@ -97,16 +117,26 @@ def _hub_error(name: str, split: str, exc: Exception) -> DataSourceError:
         f"DIR/{name}/{split}.jsonl) or --from-zerosearch DIR (an existing ZeroSearch_dataset)")
 
 
-def normalise_record(record: dict[str, Any], origin: str, row: int) -> tuple[str, list[str]]:
-    """(question, golden answers) of a FlashRAG row; DataSourceError naming the row and key when malformed."""
+def normalise_record(record: dict[str, Any], origin: str, row: int, where: str | None = None) -> tuple[str, list[str]]:
+    """(question, golden answers) of a FlashRAG row; DataSourceError naming the row (`where`, e.g. file:line; default
+    "<origin> row <row>") and key when malformed. A null or non-text gold answer is refused, not turned into the
+    string "None": the reward would match it."""
+    where = where or f"{origin} row {row}"
+    if not isinstance(record, dict):
+        raise DataSourceError(f"{where}: expected a JSON object, got {type(record).__name__}")
     question = record.get("question")
     if not isinstance(question, str) or not question.strip():
-        raise DataSourceError(f"{origin} row {row}: key 'question' must be a non-empty string, got {question!r}")
+        raise DataSourceError(f"{where}: key 'question' must be a non-empty string, got {question!r}")
     answers = record.get("golden_answers")
     if isinstance(answers, str):
         answers = [answers]
     if not isinstance(answers, (list, tuple)) or not answers:
-        raise DataSourceError(f"{origin} row {row}: key 'golden_answers' must be a non-empty list, got {answers!r}")
+        raise DataSourceError(f"{where}: key 'golden_answers' must be a non-empty list, got {answers!r}")
+    for i, a in enumerate(answers):
+        if isinstance(a, bool) or not isinstance(a, (str, int, float)):
+            got = "null" if a is None else repr(a)
+            raise DataSourceError(f"{where}: golden_answers[{i}] must be a string, got {got}; fix or remove that "
+                                  "answer (or the row)")
     answers = [str(a).strip() for a in answers if str(a).strip()]
     return question.strip(), list(dict.fromkeys(answers))
 
@@ -130,8 +160,10 @@ def build_split(kind: str, sources: Sequence[str], per_source: int | None, seed:
         records, split, origin = load_local(name, kind, local_dir) if local_dir else load_hub(name, kind)
         keep = subsample(len(records), per_source, name, seed)
         skipped = 0
+        lines = getattr(records, "lines", None)
         for pos in keep:
-            question, answers = normalise_record(records[pos], origin, pos)
+            where = f"{origin}:{lines[pos]}" if lines is not None else None
+            question, answers = normalise_record(records[pos], origin, pos, where)
             if not answers:
                 skipped += 1
                 continue
@@ -150,7 +182,9 @@ def prepare(out_dir: str | Path, train_sources: Sequence[str] = TRAIN_SOURCES,
             test_sources: Sequence[str] = TEST_SOURCES, local_dir: str | Path | None = None,
             train_per_source: int | None = None, test_per_source: int | None = None, seed: int = 0,
             style: str = "zeroshot") -> dict[str, Any]:
-    """Write OUT/train.parquet and OUT/test.parquet (each skipped when its source list is empty) and meta.json."""
+    """Write OUT/train.parquet and OUT/test.parquet (each skipped when its source list is empty) and meta.json. All
+    or nothing: every source is read and checked, and each file written under a temporary name, before any output
+    replaces what OUT held."""
     if style not in STYLES:
         raise ValueError(f"--style must be one of {STYLES}, got {style!r}")
     for flag, names in (("--train-sources", train_sources), ("--test-sources", test_sources)):
@@ -161,14 +195,31 @@ def prepare(out_dir: str | Path, train_sources: Sequence[str] = TRAIN_SOURCES,
         raise ValueError("nothing to do: both --train-sources and --test-sources are empty")
     out = Path(out_dir)
     meta: dict[str, Any] = {"seed": seed, "style": style, "splits": {}}
+    built = {}
     for kind, sources, per_source in (("train", train_sources, train_per_source),
                                       ("test", test_sources, test_per_source)):
         if not sources:
             continue
         rows, summary = build_split(kind, sources, per_source, seed, style, local_dir)
-        write_parquet(rows, out / f"{kind}.parquet")
+        built[kind] = rows
         meta["splits"][kind] = {"rows": len(rows), "sources": summary}
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    made = not out.exists()
+    staged: dict[Path, Path] = {}
+    try:
+        for kind, rows in built.items():
+            final = out / f"{kind}.parquet"
+            staged[final] = write_parquet(rows, out / f".{kind}.parquet.tmp", name=str(final))
+        final = out / "meta.json"
+        staged[final] = out / ".meta.json.tmp"
+        staged[final].write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
+    except BaseException:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+        if made and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
+    for final, tmp in staged.items():
+        os.replace(tmp, final)
     return meta
 
 
@@ -176,16 +227,21 @@ def from_zerosearch(src_dir: str | Path, out_dir: str | Path | None = None) -> d
     """Accept an existing ZeroSearch_dataset (train/test parquet) after the schema check; copy into out_dir."""
     src = Path(src_dir)
     meta: dict[str, Any] = {"from_zerosearch": str(src), "splits": {}}
-    for kind in ("train", "test"):
+    paths = []
+    for kind in ("train", "test"):  # both checked before either is copied
         path = src / f"{kind}.parquet"
         if not path.is_file():
             raise DataSourceError(f"--from-zerosearch {src}: {path.name} is missing (expected train.parquet and "
                                   "test.parquet)")
         df = check_parquet(path)
         meta["splits"][kind] = {"rows": len(df), "sources": df["data_source"].value_counts().sort_index().to_dict()}
-        if out_dir is not None and Path(out_dir).resolve() != src.resolve():
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(path, Path(out_dir) / path.name)
+        paths.append(path)
+    if out_dir is not None and Path(out_dir).resolve() != src.resolve():
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        for path in paths:
+            tmp = Path(out_dir) / f".{path.name}.tmp"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, Path(out_dir) / path.name)
     return meta
 
 
@@ -215,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         else:
             meta = prepare(args.out, _names(args.train_sources), _names(args.test_sources), args.local_dir,
                            args.train_per_source, args.test_per_source, args.seed, args.style)
-    except (ValueError, DataSourceError, FileNotFoundError) as exc:
+    except (ValueError, DataSourceError, OSError) as exc:
         parser.exit(2, f"error: {exc}\n")
     print(json.dumps(meta, indent=1))
 

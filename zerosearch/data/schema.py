@@ -210,12 +210,14 @@ def make_row(uid: str, question: str, answers: Iterable[str], data_source: str, 
             "extra_info": {"split": split, "index": int(index), **extra}}
 
 
-def write_parquet(rows: list[dict[str, Any]], path: str | Path) -> Path:
-    """Check schema rows, write them to `path` (parent dirs created) and return the path."""
+def write_parquet(rows: list[dict[str, Any]], path: str | Path, name: str | None = None) -> Path:
+    """Check schema rows, write them to `path` (parent dirs created) and return the path; `name` (default: the path)
+    is the file the errors name, e.g. the final name of a temporary file."""
     path = Path(path)
+    name = name or str(path)
     if not rows:
-        raise ValueError(f"refusing to write {path}: no rows")
-    check_dataframe(pd.DataFrame(rows), f"{path} (before writing)")
+        raise ValueError(f"refusing to write {name}: no rows")
+    check_dataframe(pd.DataFrame(rows), f"{name} (before writing)")
     columns = ALL_COLUMNS + tuple(c for c in OPTIONAL_COLUMNS if c in rows[0])
     arrays = {c: pa.array([r.get(c) for r in rows], type=FIXED_TYPES[c]) for c in FIXED_TYPES if c in columns}
     arrays["extra_info"] = pa.array([r["extra_info"] for r in rows])

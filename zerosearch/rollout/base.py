@@ -26,8 +26,11 @@ Output (row order preserved): the tensors of `build_rollout_batch` (`prompts`, `
 `attention_mask`, `position_ids`, `response_mask` = 0 on observation / corrective tokens and padding) plus
 `info_mask` [B, P+R] (Search-R1's name and shape: attention_mask with inserted tokens zeroed); the input's
 non-tensor keys plus `response_text` (response only, observations included, special tokens skipped),
-`num_turns`, `num_searches`, `valid_actions`, `finished` (ended with an answer), `stop_reason` (answer | eos |
-length | no_answer | max_turns), `search_queries`; `meta_info["metrics"]`: `env/*`, `rollout/*` (wall time, the
+`format_text` (what `reward.strict_format` checks: the policy's text with each inserted span reduced to its
+`<information>` block, so that a chat template's role markers around an observation, plain words such as `tool` once
+special tokens are skipped, are not taken for the policy's free text), `num_turns`, `num_searches`,
+`valid_actions`, `finished` (ended with an answer), `stop_reason` (answer | eos | length | no_answer | max_turns),
+`search_queries`; `meta_info["metrics"]`: `env/*`, `rollout/*` (wall time, the
 longest trajectory's critical path, decode tokens/s, search latency p50/p99, requests in flight), the backend's
 `search/*` and `search/noise_p`.
 """
@@ -334,6 +337,21 @@ class SearchRollout:
         row.searches += 1
 
     # ------------------------------------------------------------------ output
+    def _format_text(self, row: Trajectory) -> str:
+        """The response with each run of inserted tokens reduced to its `<information>...</information>` span (to
+        nothing for a corrective message), the policy's runs as decoded."""
+        parts, start = [], 0
+        for end in range(1, len(row.ids) + 1):
+            if end < len(row.ids) and row.mask[end] == row.mask[start]:
+                continue
+            text = self.tokenizer.decode(row.ids[start:end], skip_special_tokens=True)
+            if not row.mask[start]:
+                i, j = text.find("<information>"), text.rfind("</information>")
+                text = text[i:j + len("</information>")] if i >= 0 and j > i else ""
+            parts.append(text)
+            start = end
+        return "".join(parts)
+
     def _to_dataproto(self, batch: DataProto, rows: list[Trajectory], noise_p: float,
                       stats: RolloutStats) -> DataProto:
         cfg = self.cfg
@@ -347,6 +365,7 @@ class SearchRollout:
         non_tensors: dict[str, Any] = {k: v for k, v in batch.non_tensor_batch.items()}
         non_tensors.update(
             response_text=self.tokenizer.batch_decode([r.ids for r in rows], skip_special_tokens=True),
+            format_text=[self._format_text(r) for r in rows],
             num_turns=[r.turns for r in rows],
             num_searches=[r.searches for r in rows],
             valid_actions=[r.valid_actions for r in rows],

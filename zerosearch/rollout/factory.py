@@ -12,7 +12,9 @@ No key is accepted that does nothing: a backend key that neither the training no
 default, is refused naming the key and the modes.
 Validation uses a separate backend, `val_mode` (default: the training mode if it is a real engine, else
 "local", the embedded world's BM25), with `val` holding backend keys that differ for validation. It is built
-on first use, with noise_p = 0. `backend=` / `val_backend=` kwargs inject ready-made backends.
+with the training one when the run validates (else on first use), with noise_p = 0. `backend=` / `val_backend=`
+kwargs inject ready-made backends. `check_config(config)` checks all of this without building anything (the
+trainer calls it before Ray starts).
 """
 
 from __future__ import annotations
@@ -60,9 +62,12 @@ def split_search_section(section: Mapping[str, Any]) -> tuple[dict, dict, dict, 
 
 def _refuse_unused(keys: Mapping[str, Any], used: set[str], built: Any, defaults: Any, prefix: str, why: str) -> None:
     """A key of `keys` outside `used` whose value (as built) differs from its default does nothing: refuse it."""
+    from verl.utils.tracking import _secret_name
+
     for key in sorted(set(keys) - used):
         if getattr(built, key) != getattr(defaults, key):
-            raise ConfigError(f"{prefix}{key}={keys[key]!r} does nothing: {why}; remove it (its default is "
+            shown = "***" if _secret_name(key) else repr(keys[key])  # a secret's value is never shown
+            raise ConfigError(f"{prefix}{key}={shown} does nothing: {why}; remove it (its default is "
                               f"{getattr(defaults, key)!r})")
 
 
@@ -71,6 +76,7 @@ def _backend_configs(backend_keys: dict, val_overrides: dict, val_mode: str | No
     is a real engine, else "local") with the `val` overrides. Keys neither backend reads are refused."""
     train_search = SearchConfig.from_any(backend_keys)
     val_mode = val_mode or (train_search.mode if not train_search.simulated else "local")
+    backend_spec(val_mode, "search.val_mode")  # a typo there is named as such, not as search.mode
     val_search = SearchConfig.from_any({**backend_keys, **val_overrides, "mode": val_mode})
     train_keys, val_keys = backend_spec(train_search.mode).keys, backend_spec(val_search.mode).keys
     reads = f"search.mode={train_search.mode} reads {_own_keys(train_keys)}"
@@ -113,11 +119,29 @@ def _rollout_mode(config) -> str:
     return str(getattr(getattr(arr, "rollout", None), "mode", "sync"))
 
 
-def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = None,
-                           val_backend: SearchBackend | None = None, **overrides: Any) -> Callable[..., DataProto]:
-    from zerosearch.search import build_search_backend
+def _will_validate(config) -> bool:
+    """Whether the trainer runs a validation pass (val files and trainer.test_freq > 0 or val_before_train)."""
+    data, trainer = getattr(config, "data", None), getattr(config, "trainer", None)
+    if data is None or trainer is None:
+        return True
+    return bool(data.val_files) and (int(trainer.test_freq) > 0 or bool(trainer.val_before_train))
 
-    section = {**config_section(config, "search"), **overrides}
+
+@dataclasses.dataclass
+class RolloutPlan:
+    """Everything `make_search_rollout_fn` builds from the config, before any backend or engine starts."""
+
+    train_search: SearchConfig
+    val_search: SearchConfig
+    gen_cfg: GenerationConfig
+    val_gen_cfg: GenerationConfig
+    schedule: NoiseCurriculum | None
+    mode_cls: type[SearchRollout]
+
+
+def plan_rollout(config, overrides: Mapping[str, Any] | None = None) -> RolloutPlan:
+    """The `search` section (with `overrides`) as typed configs; every problem raises ConfigError naming the key."""
+    section = {**config_section(config, "search"), **dict(overrides or {})}
     gen_keys, curriculum_keys, backend_keys, val_overrides, val_mode = split_search_section(section)
     train_search, val_search = _backend_configs(backend_keys, val_overrides, val_mode)
 
@@ -136,23 +160,66 @@ def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = No
     curriculum = CurriculumConfig.from_dict({"total_steps": steps, **curriculum_keys}, section="search")
     if train_search.simulated:
         schedule = NoiseCurriculum(curriculum)
-        logger.info("search rollout: noise curriculum %r", schedule)
     else:
         _refuse_unused(curriculum_keys, {"total_steps"}, curriculum, CurriculumConfig(), "search.",
                        f"search.mode={train_search.mode} is a real engine, it returns no noisy documents (the noise "
                        f"curriculum applies to {', '.join(simulated_modes())})")
+    try:
+        mode_cls = rollout_mode(_rollout_mode(config))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return RolloutPlan(train_search, val_search, gen_cfg, val_gen_cfg, schedule, mode_cls)
+
+
+def _check_ready(search: SearchConfig, role: str) -> None:
+    try:
+        search.check_ready()
+    except ConfigError as e:
+        raise ConfigError(f"{role}: {e}") from None
+
+
+def check_config(config, **overrides: Any) -> None:
+    """The trainer's start-up check (before Ray and any model): the rollout config, the curriculum and both
+    backends' settings, including what they need from outside (the SerpAPI key, the corpus file); the validation
+    backend only when the run validates. Starts nothing."""
+    plan = plan_rollout(config, overrides)
+    _check_ready(plan.train_search, f"training search backend (search.mode={plan.train_search.mode})")
+    if _will_validate(config):
+        _check_ready(plan.val_search, f"validation search backend (search.val_mode={plan.val_search.mode})")
+
+
+def make_search_rollout_fn(config, tokenizer, backend: SearchBackend | None = None,
+                           val_backend: SearchBackend | None = None, **overrides: Any) -> Callable[..., DataProto]:
+    """The rollout function; both backends are built here (a bad validation backend fails at start-up, not after
+    training), the validation one only when the run validates (else on first use)."""
+    from zerosearch.search import build_search_backend
+
+    plan = plan_rollout(config, overrides)
+    train_search, val_search, gen_cfg = plan.train_search, plan.val_search, plan.gen_cfg
+    if plan.schedule is not None:
+        logger.info("search rollout: noise curriculum %r", plan.schedule)
     logger.info("search rollout: train mode=%s, val mode=%s, max_turns=%d, format=%s",
                 train_search.mode, val_search.mode, gen_cfg.max_turns, gen_cfg.observation_format)
 
-    mode_cls = rollout_mode(_rollout_mode(config))
-    train = mode_cls(tokenizer, backend or build_search_backend(train_search), gen_cfg, schedule)
+    mode_cls = plan.mode_cls
+    train = mode_cls(tokenizer, backend or build_search_backend(train_search), gen_cfg, plan.schedule)
     managers: dict[bool, SearchRollout] = {False: train}
+
+    def build_val() -> SearchRollout:
+        return mode_cls(tokenizer, val_backend or build_search_backend(val_search), plan.val_gen_cfg, None)
+
+    if _will_validate(config):
+        try:
+            managers[True] = build_val()
+        except BaseException:
+            train.close()
+            raise
 
     def rollout(batch: DataProto, engine: RolloutEngine, params: SamplingParams, step: int,
                 validate: bool = False) -> DataProto:
         validate = bool(validate)
         if validate not in managers:
-            managers[True] = mode_cls(tokenizer, val_backend or build_search_backend(val_search), val_gen_cfg, None)
+            managers[True] = build_val()
         return managers[validate](batch, engine, params, step)
 
     def close() -> None:

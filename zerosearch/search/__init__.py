@@ -2,7 +2,8 @@
 
 `build_search_backend(cfg)` is the one entry point: `cfg` is a `SearchConfig` or the plain `search:` dict
 of the trainer config, validated with errors that name `search.<key>`; `cfg.mode` names a class registered with
-`@register_backend` (`zerosearch.search.registry`; adding a backend is one decorated class). Built-in modes:
+`@register_backend` (`zerosearch.search.registry`; adding a backend is one decorated class in a new module of this
+package: importing the package imports every module in it, so nothing else is edited). Built-in modes:
 
   simulate_prompt  an instruct model on an OpenAI-compatible server, prompted with a one-shot example
   simulate_sft     a fine-tuned simulator on such a server, short prompt (format in `sim_prompts`)
@@ -14,6 +15,9 @@ Real engines are wrapped in a persistent sqlite cache when `use_cache` is on (de
 """
 
 from __future__ import annotations
+
+import importlib
+from pathlib import Path
 
 from zerosearch.search.base import NO_INFORMATION, Doc, SearchBackend, SearchRequest, SearchResult, format_docs
 from zerosearch.search.config import SearchConfig
@@ -50,3 +54,14 @@ def build_search_backend(cfg: SearchConfig | dict | None) -> SearchBackend:
 
         path = cache_dir() / "search_cache.sqlite"
     return CachedBackend(backend, SearchCache(path))
+
+
+def _import_every_module() -> None:
+    """Import each module of this package, so that a backend in a new file registers its modes (the built-ins,
+    imported above, keep their order: the order of the modes in messages)."""
+    for module in sorted(p.stem for p in Path(__file__).parent.glob("*.py")):
+        if module != "__init__":
+            importlib.import_module(f"{__name__}.{module}")
+
+
+_import_every_module()

@@ -14,12 +14,15 @@ Secrets: the SerpAPI key is read from the environment (`SER_API_KEY`, the origin
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from verl.utils.config_loader import ConfigError, from_dict, plain
 from zerosearch.search.registry import backend_spec, check_backend_config
@@ -90,7 +93,10 @@ class SearchConfig:
         need(self.retrieval_batch_size >= 1, "search.retrieval_batch_size must be >= 1")
         if spec.simulated:
             need(bool(self.ips), "search.ips is empty: give the simulation server address(es), e.g. 127.0.0.1")
-            need(1 <= self.port <= 65535, f"search.port must be a TCP port, got {self.port}")
+            need(1 <= self.port <= 65535, f"search.port must be a TCP port (1..65535), got {self.port}")
+            bad = [ip for ip in self.ips if not valid_host(ip)]
+            need(not bad, f"search.ips: {bad[0]!r} is not an IP address, a host name or an http(s) URL"
+                          " (the port goes in search.port)" if bad else "")
             need(bool(self.simulation_llm), "search.simulation_llm is empty: give the server's served model name")
             need(self.max_tokens >= 16, f"search.max_tokens must be >= 16, got {self.max_tokens}")
             need(self.temperature >= 0, f"search.temperature must be >= 0, got {self.temperature}")
@@ -99,6 +105,13 @@ class SearchConfig:
                 "search.use_cache=true with a simulated mode: simulated results are random draws "
                 "(useful/noisy) and must not be cached; set search.use_cache=null or false",
             )
+        for key in ("retriever_url", "serpapi_base_url"):
+            url = getattr(self, key)
+            if url and key in spec.keys:
+                try:
+                    urlparse(url).port  # noqa: B018 - raises on a port outside 0..65535
+                except ValueError as e:
+                    need(False, f"search.{key}={url!r}: {e}; give http(s)://HOST:PORT with a port in 1..65535")
         check_backend_config(spec, self)
 
     @property
@@ -138,6 +151,14 @@ class SearchConfig:
             raise ConfigError(f"search.corpus_path {self.corpus_path!r} does not exist{hint}")
         return path
 
+    def check_ready(self) -> None:
+        """What building the backend needs from outside the config, checked without building it: the SerpAPI key
+        (google) and the corpus file (local). Raises ConfigError naming the key and the fix."""
+        if self.mode == "google":
+            self.resolve_serpapi_key()
+        elif self.mode == "local":
+            self.resolve_corpus_path()
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for logging; the SerpAPI key is masked."""
         d = dataclasses.asdict(self)
@@ -158,6 +179,23 @@ class SearchConfig:
         if data.get("serpapi_key"):
             logger.warning("search.serpapi_key is set in the config; prefer env SER_API_KEY (configs end up in logs)")
         return from_dict(cls, data, prefix="search.")
+
+
+HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$")
+
+
+def valid_host(value: str) -> bool:
+    """An IPv4/IPv6 address, a host name, or an http(s) URL with a host (a simulation server address)."""
+    if value.startswith(("http://", "https://")):
+        return bool(urlparse(value).hostname)
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+        return True
+    except ValueError:
+        pass
+    if all(c.isdigit() or c == "." for c in value):  # dotted digits that are no IPv4 address: 999.1.1.1
+        return False
+    return len(value) <= 253 and bool(HOST_NAME.match(value))
 
 
 def mask_secret(text: str, secret: str | None) -> str:

@@ -16,7 +16,7 @@ marks an LLM simulator: it gets the noise curriculum, is never cached and is not
 `check_config(cfg)` for its own cross-field rules (raise `ConfigError` naming `search.<key>`).
 
 The valid modes, the simulated ones and the error for an unknown mode all come from here: nothing else lists them.
-The built-in backends register when `zerosearch.search` is imported.
+The backends register when `zerosearch.search` is imported: it imports every module of the package.
 """
 
 from __future__ import annotations

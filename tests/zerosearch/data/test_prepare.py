@@ -89,7 +89,7 @@ def test_bad_sources_and_rows_are_named(local_dir, tmp_path):
         prepare(tmp_path, train_sources=["popqa"], local_dir=local_dir)
     write_jsonl(tmp_path / "bad" / "nq" / "test.jsonl", [{"question": "ok?", "golden_answers": ["a"]},
                                                          {"golden_answers": ["b"]}])
-    with pytest.raises(DataSourceError, match=r"nq/test.jsonl row 1: key 'question'"):
+    with pytest.raises(DataSourceError, match=r"nq/test.jsonl:2: key 'question'"):  # file:line
         prepare(tmp_path / "o", train_sources=[], test_sources=["nq"], local_dir=tmp_path / "bad")
 
 

@@ -131,3 +131,31 @@ def test_async_mode_needs_an_engine_with_single_requests(batch, world_dir, tmp_p
             _run(AgentLoopRollout, tok, backend, BatchOnly(), data)
     finally:
         backend.close()
+
+
+def test_close_is_quiet_and_idempotent(engine):
+    """Closing the async engine after use logs no error (vLLM's output task is cancelled before the engine process
+    stops; the benchmark's long sessions logged an EngineDeadError traceback at close without that). Last in the
+    file: it closes the engine."""
+    import dataclasses
+    import logging
+
+    class Errors(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.ERROR)
+            self.records = []
+
+        def emit(self, record):
+            self.records.append(record)
+
+    errors = Errors()
+    vllm_logger = logging.getLogger("vllm")
+    vllm_logger.addHandler(errors)
+    try:
+        assert engine.generate_one([1, 2, 3, 4], dataclasses.replace(GREEDY, max_tokens=4)).token_ids
+        engine.close()
+        engine.close()
+    finally:
+        vllm_logger.removeHandler(errors)
+    assert [r.getMessage() for r in errors.records] == []
+    assert engine.llm is None

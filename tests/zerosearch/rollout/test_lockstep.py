@@ -218,6 +218,9 @@ def test_chat_observation_format(engine, tokenizer, local_backend, questions):
         assert text.startswith("<|im_end|>\n<|im_start|>user\n<information>Doc 1(Title: ")
         assert text.endswith("</information><|im_end|>\n<|im_start|>assistant\n")
         assert tokenizer.decode(ids[:start]).endswith("</search>")
+        # what the reward reads for the answer and the format: the role words are left out
+        fmt, policy = out.non_tensor_batch["format_text"][i], tokenizer.decode(ids[:start], skip_special_tokens=True)
+        assert fmt.startswith(policy + "<information>Doc 1(Title: ") and "\nuser\n" not in fmt[len(policy):]
 
 
 def _plain_question(question: str) -> list[dict[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -146,3 +147,31 @@ def test_prefilled_tag_only_in_the_assistant_turn(tokenizer):
         LockstepRollout(tokenizer, None, GenerationConfig(max_prompt_length=8))._init_rows(batch)
     with pytest.raises(ValueError, match="question"):
         manager._init_rows(DataProto.from_dict(non_tensors={"prompt_ids": ids}))
+
+
+@pytest.mark.parametrize("observation_format,role", [("chat", "user"), ("chat", "tool"), ("inline", "user")])
+def test_strict_format_reads_the_policys_text_around_chat_observations(tokenizer, observation_format, role):
+    """With chat observations the decoded response holds the template's role words (`user`, `tool`, `assistant`)
+    between blocks; `format_text` leaves them out, so `reward.strict_format` passes a well-formed answer."""
+    from zerosearch.reward_fn import make_reward_fn
+
+    cfg = GenerationConfig(observation_format=observation_format, observation_role=role, max_obs_length=200)
+    rollout = LockstepRollout(tokenizer, backend=None, cfg=cfg)
+    r = ObservationRenderer(tokenizer, cfg)
+    row = Trajectory(index=0, prompt=[1], question="q", golden_answers=["Paris"])
+    row.append(r.encode("<think>look it up</think>\n<search>capital of France</search>"), 1)
+    row.append(r.observation("Doc 1(Title: France) Paris is the capital.", limit=1000), 0)
+    row.append(r.encode("<think>found</think>\n<answer>Paris</answer>"), 1)
+    row.append(r.corrective(), 0)  # a corrective message is reduced to nothing
+    response = tokenizer.decode(row.ids, skip_special_tokens=True)
+    fmt = rollout._format_text(row)
+    assert fmt == ("<think>look it up</think>\n<search>capital of France</search><information>Doc 1(Title: France) "
+                   "Paris is the capital.</information><think>found</think>\n<answer>Paris</answer>")
+    strict = make_reward_fn(SimpleNamespace(reward={"strict_format": True}))
+    batch = DataProto.from_dict(non_tensors={"response_text": [response] * 2, "format_text": [fmt, response],
+                                             "golden_answers": [["Paris"]] * 2, "data_source": ["nq"] * 2})
+    scores, per = strict(batch)
+    assert per[0]["format_ok"] == 1.0 and per[0]["em"] == 1.0 and per[0]["answer"] == "Paris"
+    # the whole decoded response fails the strict check (its role words with chat observations, the corrective
+    # message in both formats), and its last <answer> is the corrective message's example, not the policy's
+    assert per[1]["format_ok"] == 0.0 and per[1]["answer"] == "answer"

@@ -3,6 +3,11 @@ trainer's factory; the valid modes and their errors come from the registry; keys
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -52,6 +57,50 @@ def test_registered_modes_and_their_errors():
         register_backend("local")(EchoBackend)
     assert isinstance(build_search_backend({"mode": "echo_test"}), EchoBackend)
     assert not SearchConfig(mode="echo_test").cache_enabled and not SearchConfig(mode="echo_test").simulated
+
+
+NEW_FILE = """
+from zerosearch.search import SearchResult, register_backend
+from zerosearch.search.metrics import MeteredBackend, SearchMetrics
+
+
+@register_backend("dropped_in", keys=("seed",))
+class DroppedIn(MeteredBackend):
+    name = "dropped_in"
+
+    def __init__(self, cfg):
+        self.metrics = SearchMetrics()
+
+    def search(self, requests, topk):
+        return self._recorded(requests, [SearchResult(docs=[]) for _ in requests])
+
+    def close(self):
+        pass
+"""
+
+
+def test_a_backend_in_a_new_file_registers_with_nothing_else_edited():
+    """The README's "extend" steps: a new module in zerosearch/search/ is found by importing the package, and the
+    launcher's checks accept its mode."""
+    package = Path(__file__).resolve().parents[3] / "zerosearch" / "search"
+    for stale in package.glob("_dropped_in_*.py"):  # left by an earlier run that was killed
+        stale.unlink()
+    path = package / f"_dropped_in_{os.getpid()}.py"
+    path.write_text(NEW_FILE)
+    try:
+        out = subprocess.run([sys.executable, "-c", (
+            "from zerosearch.search import build_search_backend; from zerosearch.search.registry import modes; "
+            "from zerosearch.launch import build_overrides, parse_args; "
+            "b = build_search_backend({'mode': 'dropped_in'}); "
+            "ov = build_overrides(parse_args('grpo', ['SEARCH_MODE', 'dropped_in', 'SEARCH_ENGINE', 'local']), "
+            "gpu=False); "
+            "print(type(b).__name__, modes()[:5], modes()[-1], 'search.mode=dropped_in' in ov)")],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        path.unlink()
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split(maxsplit=1)[0] == "DroppedIn"
+    assert "('simulate_prompt', 'simulate_sft', 'google', 'wiki', 'local') dropped_in True" in out.stdout
 
 
 def test_a_new_backend_answers_the_factory_rollout(embedded_model_path):

@@ -14,7 +14,8 @@ def test_server_commands():
     cmd = server_command("/m", "127.0.0.1", 6001, "sim", dtype="float32", tp=2)
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert cmd[3:] == ["--model", "/m", "--host", "127.0.0.1", "--port", "6001", "--served-model-name", "sim",
-                       "--dtype", "float32", "--tensor-parallel-size", "2"]
+                       "--middleware", "zerosearch.body_limit.BodyLimit", "--dtype", "float32",
+                       "--tensor-parallel-size", "2"]
     sg = server_command("/m", "0.0.0.0", 6001, "sim", engine="sglang", tp=2, dp=2)
     assert sg[2] == "sglang.launch_server" and sg[-4:] == ["--tp", "2", "--dp", "2"]
     with pytest.raises(ValueError, match="engine must be"):

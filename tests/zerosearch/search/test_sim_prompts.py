@@ -63,3 +63,11 @@ def test_parser_truncates_dedupes_and_caps_length():
     assert len(parse_documents("Doc 1 (Title: a) one\nDoc 2 (Title: b) one", 5)) == 1
     long = parse_documents("Doc 1 (Title: L) " + "word " * 500, 5, max_chars=100)[0]
     assert len(long.text) <= 100
+    assert long.text.endswith("word") and len(long.text) >= 50  # cut at a word break
+
+
+def test_cap_never_leaves_a_stub():
+    """Found by the fuzz test: a cap at a word break near the start left a 1-character document ('0')."""
+    docs = parse_documents("0\r0\r<search><search>", 1, max_chars=16)
+    assert docs and len(docs[0].text) == 16
+    assert all(len(d.text) >= 3 for d in parse_documents("ab " + "x" * 40, 3, max_chars=16))

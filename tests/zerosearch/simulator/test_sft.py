@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl.trainer.config import OptimConfig
 from zerosearch.search.sim_prompts import parse_documents
 from zerosearch.simulator.collect import write_jsonl
-from zerosearch.simulator.sft import IGNORE, SFTConfig, SimulatorSFT, read_rows, tokenize
+from zerosearch.simulator.sft import IGNORE, SFTConfig, SimulatorSFT, micro_split, read_rows, tokenize
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +70,8 @@ def test_step_is_the_same_for_any_micro_batch_budget(data_file, tmp_path):
                 g = p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad
                 grads[name] = g.detach().clone()
 
+        if budget == 1024:  # the small budget really splits the step
+            assert len(micro_split(sft.train[:12], budget, sft.device)) > 1
         handle = sft.optimizer.register_step_pre_hook(capture)
         m = sft.step(sft.train[:12])
         handle.remove()
@@ -83,7 +85,10 @@ def test_step_is_the_same_for_any_micro_batch_budget(data_file, tmp_path):
             b = g2[k]
             scale = float(a.abs().max())
             assert scale > 0, k
-            assert torch.allclose(a, b, rtol=1e-3, atol=1e-4 * scale), (k, float((a - b).abs().max()), scale)
+            # fp32 sums in another order (other micro-batch widths, other GEMM shapes) through 30 layers: measured
+            # up to 2.6e-4 of the tensor's largest element on the AMD Zen 5 host; a wrong token-mean across
+            # micro-batches is off by a whole factor
+            assert torch.allclose(a, b, rtol=1e-3, atol=1e-3 * scale), (k, float((a - b).abs().max()), scale)
 
 
 @pytest.mark.slow
@@ -112,7 +117,7 @@ def test_finetune_learns_the_format_and_exports_a_loadable_simulator(data_file, 
 def test_two_ranks_under_torchrun_give_the_one_rank_loss(data_file, tmp_path):
     """FSDP2 over 2 gloo ranks (torchrun) computes the same first-step loss as one process on the same batch."""
     args = ["-m", "zerosearch.simulator", "finetune", "--data", data_file, "--device", "cpu", "--param-dtype",
-            "fp32", "--batch-size", "12", "--max-steps", "1", "--val-max-rows", "0"]
+            "fp32", "--batch-size", "6", "--max-steps", "1", "--val-max-rows", "0"]
     dist_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in dist_keys} | {"OMP_NUM_THREADS": "1"}
     runs = {}

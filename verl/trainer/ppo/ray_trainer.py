@@ -29,6 +29,7 @@ from verl.trainer.ppo.metrics import aggregate_by_source, compute_data_metrics, 
 from verl.utils import checkpoint as ckpt
 from verl.utils import memory_usage, progress
 from verl.utils.dataset import BatchIterator, PromptDataset, prompt_options
+from verl.utils.faults import fault_point
 from verl.utils.plain import to_plain
 from verl.utils.timing import timer
 from verl.workers.rollout.base import SamplingParams
@@ -38,9 +39,19 @@ logger = logging.getLogger(__name__)
 FORWARD_KEYS = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask"]
 
 
+def load_datasets(config: PPOConfig, tokenizer, dataset_check=None) -> tuple[PromptDataset, PromptDataset | None]:
+    """The training and validation prompt datasets of `config` (no validation set without data.val_files)."""
+    d = config.data
+    common = dict(**prompt_options(d), check=dataset_check)
+    train = PromptDataset(d.train_files, tokenizer, key="data.train_files", **common)
+    val = (PromptDataset(d.val_files, tokenizer, key="data.val_files", max_samples=d.val_max_samples, **common)
+           if d.val_files else None)
+    return train, val
+
+
 class RayPPOTrainer:
     def __init__(self, config: PPOConfig, tokenizer, actor_wg, critic_wg, rollout_fn, reward_fn, tracker=None,
-                 dataset_check=None, memory_plan=None):
+                 dataset_check=None, memory_plan=None, datasets=None):
         self.cfg = config
         self.memory_plan = memory_plan  # verl.utils.memory_plan.MemoryPlan: logged beside the measured peaks
         self.tokenizer = tokenizer
@@ -51,10 +62,8 @@ class RayPPOTrainer:
         self.tracker = tracker
         self.engine = WorkerGroupEngine(actor_wg)
         d = config.data
-        common = dict(**prompt_options(d), check=dataset_check)
-        self.train_ds = PromptDataset(d.train_files, tokenizer, key="data.train_files", **common)
-        self.val_ds = (PromptDataset(d.val_files, tokenizer, key="data.val_files", max_samples=d.val_max_samples,
-                                     **common) if d.val_files else None)
+        # (train, val) datasets: built by the caller before Ray starts (main_ppo.load_datasets), else here
+        self.train_ds, self.val_ds = datasets or load_datasets(config, tokenizer, dataset_check)
         self.train_iter = BatchIterator(len(self.train_ds), d.train_batch_size, shuffle=d.shuffle, seed=d.seed)
         kc = config.algorithm.kl_ctrl
         self.kl_ctrl = core_algos.get_kl_controller(kc.type, kc.kl_coef, kc.target_kl, kc.horizon)
@@ -67,7 +76,15 @@ class RayPPOTrainer:
     def fit(self) -> dict:
         t = self.cfg.trainer
         self._maybe_resume()
-        if t.val_before_train and self.val_ds is not None:
+        if t.resume_mode != "disable":  # records a killed session logged past its last checkpoint are redone
+            unlogged = ckpt.mend_metrics(self.tracker, self.last_checkpoint, self.global_step)
+            if unlogged is not None:  # saved, then killed before its validation and record: finish that step
+                step = self.global_step
+                if self.val_ds is not None and t.test_freq > 0 and (step % t.test_freq == 0 or
+                                                                    step == t.total_training_steps):
+                    unlogged.update(self.validate())
+                self._log(unlogged, step)
+        if t.val_before_train and self.val_ds is not None and (self.last_checkpoint is None or t.val_only):
             self._log(self.validate(), self.global_step)
             if t.val_only:
                 return self._summary()
@@ -79,6 +96,7 @@ class RayPPOTrainer:
                 batch = self._next_batch(m)
                 with timer("gen", m):
                     batch = self._generate(batch, m)
+                fault_point("rollout", step)
                 with timer("reward", m):
                     self._compute_reward(batch, m)
                 self._log_generations("train/generations", batch, t.log_train_generations)
@@ -106,12 +124,13 @@ class RayPPOTrainer:
             m.update(compute_data_metrics(batch, self.cfg.use_critic, self.cfg.data.max_response_length))
             m.update(compute_throughput_metrics(batch, m["timing_s/step"], self.cfg.world_size))
             last = step == t.total_training_steps
+            if self._should_save(step, last):  # before validating: a failing validation loses no training
+                with timer("save_checkpoint", m):
+                    self.save_checkpoint(metrics=m)
+                fault_point("after_save", step)
             if self.val_ds is not None and t.test_freq > 0 and (step % t.test_freq == 0 or last):
                 with timer("testing", m):
                     m.update(self.validate())
-            if self._should_save(step, last):
-                with timer("save_checkpoint", m):
-                    self.save_checkpoint()
             m.update(self._memory_metrics())
             self._log(m, step)
         return self._summary()
@@ -174,6 +193,7 @@ class RayPPOTrainer:
     def _forward_data(self, batch: DataProto, extra: list[str] = ()) -> DataProto:
         data = batch.select(batch_keys=FORWARD_KEYS + [k for k in extra if k in batch.batch])
         data.meta_info["temperature"] = self.cfg.actor_rollout_ref.rollout.temperature
+        data.meta_info["global_steps"] = self.global_step  # verl's key
         return data
 
     def _compute_old_log_prob(self, batch: DataProto, m: dict) -> None:
@@ -234,6 +254,7 @@ class RayPPOTrainer:
             sources.extend(out.non_tensor_batch["data_source"].tolist())
             records.extend(self._records(out, self.cfg.trainer.log_val_generations - len(records)))
         progress.end("val")
+        fault_point("validate", self.global_step)
         metrics = aggregate_by_source(per_sample, sources, prefix="val")
         metrics.update({f"val/{k}": v for k, v in gen_m.items() if k.startswith(("env/", "search/"))})
         self.val_history.append({"step": self.global_step, **metrics})
@@ -261,14 +282,14 @@ class RayPPOTrainer:
         t = self.cfg.trainer
         return ckpt.save_due(step, last, t.save_freq, t.save_interval_minutes, time.monotonic() - self._last_save_time)
 
-    def save_checkpoint(self) -> str:
+    def save_checkpoint(self, metrics: dict | None = None) -> str:
         d = ckpt.step_dir(self._ckpt_root(), self.global_step)
         self.actor_wg.execute_all("save_checkpoint", str(d / "actor"), self.global_step)
         if self.critic_wg is not None:
             self.critic_wg.execute_all("save_checkpoint", str(d / "critic"), self.global_step)
         self.actor_wg.execute_all("save_hf_model", str(d / "huggingface"))
         state = {"global_step": self.global_step, "dataloader": self.train_iter.state_dict(),
-                 "kl_coef": float(self.kl_ctrl.value)}
+                 "kl_coef": float(self.kl_ctrl.value), "metrics": dict(metrics or {})}  # logged if a kill follows
         ckpt.mark_complete(self._ckpt_root(), self.global_step, state)
         ckpt.prune(self._ckpt_root(), self.cfg.trainer.max_actor_ckpt_to_keep)
         self.last_checkpoint = str(d)

@@ -145,11 +145,26 @@ class AsyncVLLMRollout(VLLMRollout):
             loop.call_soon_threadsafe(loop.stop)
             self._thread.join(timeout=10)
 
+    def _cancel_output_handler(self, llm) -> None:
+        """Cancel AsyncLLM's output task before its engine process stops: `AsyncLLM.shutdown` stops the process
+        first, and the task, still reading from it, would log an EngineDeadError traceback at every normal close."""
+        handler = getattr(llm, "output_handler", None)
+        loop = getattr(self, "_loop", None)
+        if handler is None or loop is None or not loop.is_running():
+            return
+
+        async def cancel() -> None:
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(cancel(), loop).result(timeout=10)
+
     def close(self) -> None:
         """Shut the engine processes down, stop the loop, delete the private weights dir (idempotent)."""
         llm, self.llm = getattr(self, "llm", None), None
         if llm is not None:
             try:
+                self._cancel_output_handler(llm)
                 llm.shutdown()
             except Exception:  # noqa: BLE001 - best effort at teardown
                 logger.warning("vLLM AsyncLLM shutdown raised", exc_info=True)
