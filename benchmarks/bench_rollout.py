@@ -40,6 +40,8 @@ from pathlib import Path
 
 from results_io import append_record, pyplot
 
+from verl.trainer.config import SPECULATIVE_METHODS, SpeculativeConfig
+
 logger = logging.getLogger("bench_rollout")
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("sync", "async")
@@ -276,6 +278,10 @@ def main() -> None:
                     help="comma list of batch sizes: instead of the rollouts, measure the engine's single-turn decode "
                          "rate with that many sequences decoding (how a decode step's cost grows with its sequences)")
     ap.add_argument("--occupancy-tokens", type=int, default=128, help="tokens per sequence in --occupancy")
+    ap.add_argument("--speculative", default="none", choices=SPECULATIVE_METHODS,
+                    help="actor_rollout_ref.rollout.speculative.method of the engine (both modes and the saturated "
+                         "figure use the same engine)")
+    ap.add_argument("--num-speculative-tokens", type=int, default=SpeculativeConfig.num_speculative_tokens)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.plot_only:
@@ -303,8 +309,10 @@ def main() -> None:
         sim_url = server.url
     machine = machine_info()
     t0 = time.perf_counter()
+    speculative = SpeculativeConfig(method=args.speculative,
+                                    num_speculative_tokens=args.num_speculative_tokens).engine_config()
     engine = build_rollout_engine("vllm", model, max_model_len=1024, cpu_threads=1, kv_cache_space_gb=2,
-                                  max_num_seqs=64, asynchronous=True)
+                                  max_num_seqs=64, asynchronous=True, speculative=speculative)
     build_s = time.perf_counter() - t0
     try:
         saturated_tokens_per_s(engine, prompts, 32)  # warm-up

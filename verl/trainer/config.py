@@ -111,6 +111,57 @@ class ValKwargs:
     do_sample: bool = False
 
 
+SPECULATIVE_METHODS = ("none", "ngram")
+
+
+@dataclass
+class SpeculativeConfig:
+    """Speculative decoding in the vLLM engine (vLLM's `speculative_config`; the keys keep vLLM's names).
+
+    `ngram` is prompt-lookup decoding: the engine proposes the next tokens by matching the sequence's last
+    `prompt_lookup_min`..`prompt_lookup_max` tokens earlier in its own context (the question, the inserted documents,
+    what the policy wrote) and verifies up to `num_speculative_tokens` of them in one forward pass. The verification
+    keeps the sampled distribution exactly (greedy: the same tokens), so it is a speed option, not a change of the
+    algorithm. It pays off where few sequences decode (a step costs about the same for 1 or 8 of them): the tail of a
+    rollout, where the last trajectories decode alone. No draft model, no extra memory."""
+
+    method: str = "none"  # none | ngram
+    num_speculative_tokens: int = 4  # tokens proposed (and verified) per step
+    prompt_lookup_min: int = 2  # shortest n-gram matched
+    prompt_lookup_max: int = 4  # longest n-gram matched
+    # vLLM's dynamic schedule: [[first, last, k], ...] speculates k tokens while a step holds first..last sequences
+    # (ranges from 1 up, ascending; k = 0 turns it off for that range), e.g. [[1, 8, 4], [9, 1024, 0]] speculates only
+    # in the tail. null: always num_speculative_tokens.
+    num_speculative_tokens_per_batch_size: list | None = None
+
+    def engine_config(self) -> dict | None:
+        """vLLM's `speculative_config` argument (None: off)."""
+        if self.method == "none":
+            return None
+        out = {"method": self.method, "num_speculative_tokens": self.num_speculative_tokens,
+               "prompt_lookup_min": self.prompt_lookup_min, "prompt_lookup_max": self.prompt_lookup_max}
+        if self.num_speculative_tokens_per_batch_size is not None:
+            out["num_speculative_tokens_per_batch_size"] = [
+                tuple(int(x) for x in r) for r in self.num_speculative_tokens_per_batch_size]
+        return out
+
+    def schedule_error(self) -> str | None:
+        """What is wrong with `num_speculative_tokens_per_batch_size` (None: nothing)."""
+        sched = self.num_speculative_tokens_per_batch_size
+        if sched is None:
+            return None
+        ok = isinstance(sched, list) and bool(sched) and all(
+            isinstance(r, list | tuple) and len(r) == 3 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                  for x in r) for r in sched)
+        if not ok:
+            return f"must be a list of [first, last, k] integer triples, got {sched!r}"
+        if sched[0][0] != 1 or any(a > b or k < 0 for a, b, k in sched) or any(
+                nxt[0] <= prev[1] for prev, nxt in zip(sched, sched[1:])):
+            return (f"needs ranges from 1 up, ascending and not overlapping (first <= last), k >= 0, got {sched!r}; "
+                    "e.g. [[1, 8, 4], [9, 1024, 0]]")
+        return None
+
+
 @dataclass
 class RolloutConfig:
     name: str = "vllm"  # vllm | hf
@@ -131,6 +182,7 @@ class RolloutConfig:
     max_num_seqs: int | None = None  # None: the rows a rank generates per step (train_batch_size x n / world size),
     # at least 64
     dtype: str = "auto"  # engine dtype: auto (fp32 on CPU, bf16 on CUDA) | fp32 | bf16 | fp16
+    speculative: SpeculativeConfig = field(default_factory=SpeculativeConfig)  # vLLM only
     val_kwargs: ValKwargs = field(default_factory=ValKwargs)
 
 
@@ -301,6 +353,18 @@ def validate(cfg: PPOConfig) -> PPOConfig:
 
     _check(r.dtype in ROLLOUT_DTYPES, f"actor_rollout_ref.rollout.dtype must be one of {list(ROLLOUT_DTYPES)}, got "
            f"{r.dtype!r}")
+    sp = r.speculative
+    _check(sp.method in SPECULATIVE_METHODS, f"actor_rollout_ref.rollout.speculative.method must be one of "
+           f"{'|'.join(SPECULATIVE_METHODS)}, got {sp.method!r}")
+    _check(sp.method == "none" or r.name == "vllm", f"actor_rollout_ref.rollout.speculative.method={sp.method} is a "
+           f"vLLM engine option; rollout.name={r.name!r} has none: set speculative.method=none or rollout.name=vllm")
+    _check(sp.num_speculative_tokens >= 1, "actor_rollout_ref.rollout.speculative.num_speculative_tokens must be "
+           f">= 1, got {sp.num_speculative_tokens}")
+    _check(1 <= sp.prompt_lookup_min <= sp.prompt_lookup_max, "actor_rollout_ref.rollout.speculative needs 1 <= "
+           f"prompt_lookup_min <= prompt_lookup_max, got {sp.prompt_lookup_min} and {sp.prompt_lookup_max}")
+    sched_error = sp.schedule_error()
+    _check(sched_error is None, f"actor_rollout_ref.rollout.speculative.num_speculative_tokens_per_batch_size "
+           f"{sched_error}")
     _check(t.n_gpus_per_node >= 1 and t.nnodes >= 1,
            f"trainer.n_gpus_per_node ({t.n_gpus_per_node}) and trainer.nnodes ({t.nnodes}) must be >= 1")
     _check(t.cpus_per_worker > 0, f"trainer.cpus_per_worker must be > 0, got {t.cpus_per_worker}")

@@ -149,5 +149,5 @@ class AgentLoopRollout(SearchRollout):
         finally:
             stats.requests_done()
         row.busy_s += time.perf_counter() - start
-        stats.generated_tokens += len(out.token_ids)
+        stats.count(out)
         return out

@@ -128,6 +128,7 @@ class RolloutStats:
         self.start = time.perf_counter()
         self.search_latency_s: list[float] = []
         self.generated_tokens = 0
+        self.spec_drafted = self.spec_accepted = 0  # speculative decoding's draft tokens (0 when it is off)
         self._in_flight = 0
         self._last = self.start
         self._area = 0.0  # integral of requests in flight over time
@@ -137,6 +138,12 @@ class RolloutStats:
         now = time.perf_counter()
         self._area += self._in_flight * (now - self._last)
         self._last = now
+
+    def count(self, out: GenOutput) -> None:
+        """Add one engine output's tokens (and speculative decoding's drafts) to the totals."""
+        self.generated_tokens += len(out.token_ids)
+        self.spec_drafted += out.spec_drafted
+        self.spec_accepted += out.spec_accepted
 
     def requests_started(self, k: int = 1) -> None:
         self._tick()
@@ -152,7 +159,7 @@ class RolloutStats:
         wall = max(time.perf_counter() - self.start, 1e-9)
         lat = np.array(self.search_latency_s or [0.0])
         critical = max((r.busy_s for r in rows), default=0.0)
-        return {
+        out = {
             "rollout/wall_s": wall,
             # the longest trajectory's own generation + search time; wall / critical path = 1 when nothing waits
             # for anything but its own trajectory (the asynchronous ideal), > 1 with turn barriers or queueing
@@ -165,6 +172,10 @@ class RolloutStats:
             "rollout/requests_in_flight/mean": self._area / wall,
             "rollout/requests_in_flight/max": float(self.max_in_flight),
         }
+        if self.spec_drafted:  # vLLM's draft_acceptance_rate over the rollout
+            out["rollout/spec_acceptance_rate"] = self.spec_accepted / self.spec_drafted
+            out["rollout/spec_accepted_tokens"] = float(self.spec_accepted)
+        return out
 
 
 class SearchRollout:

@@ -65,5 +65,5 @@ class LockstepRollout(SearchRollout):
         elapsed = time.perf_counter() - start
         for row, out in zip(active, outputs):
             row.busy_s += elapsed  # a row of a batched call waits for the whole call
-            stats.generated_tokens += len(out.token_ids)
+            stats.count(out)
         return outputs

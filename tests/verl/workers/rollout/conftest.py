@@ -26,6 +26,24 @@ def chat_prompts(tokenizer) -> list[list[int]]:
     return out
 
 
+@pytest.fixture(scope="module")
+def hf_model(embedded_model_path):
+    """The plain HF reference of the engine tests (fp32, one thread: the engine's worker busy-waits on a core)."""
+    from transformers import AutoModelForCausalLM
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32).eval()
+    torch.set_num_threads(threads)
+
+
+def greedy_continuation(model, prompt: list[int], max_new_tokens: int) -> list[int]:
+    """Greedy continuation of `prompt` by a plain HF model (the reference for engines' greedy outputs)."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False)
+    return out[0, len(prompt) :].tolist()
+
+
 def perturbed_state_dict(model: torch.nn.Module, scale: float = 0.02, seed: int = 0) -> dict[str, torch.Tensor]:
     """A copy of the model's weights with Gaussian noise on every matrix (embeddings included, ties kept)."""
     g = torch.Generator().manual_seed(seed)
@@ -48,6 +66,11 @@ def hf_token_logprobs(model: torch.nn.Module, sequence: list[int]) -> torch.Tens
     with torch.no_grad():
         logits = model(ids).logits[0, :-1].float()
     return torch.log_softmax(logits, dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
+
+
+@pytest.fixture(scope="session")
+def hf_greedy():
+    return greedy_continuation
 
 
 @pytest.fixture(scope="session")

@@ -33,27 +33,11 @@ def engine(embedded_model_path):
 
 
 @pytest.fixture(scope="module")
-def hf_model(embedded_model_path):
-    from transformers import AutoModelForCausalLM
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the engine's worker is busy-waiting on a core of its own
-    yield AutoModelForCausalLM.from_pretrained(embedded_model_path, dtype=torch.float32).eval()
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def free_greedy(engine, chat_prompts):
     return engine.generate(chat_prompts, SamplingParams(temperature=0.0, max_tokens=24, logprobs=True))
 
 
-def hf_greedy(model, prompt: list[int], max_new_tokens: int) -> list[int]:
-    with torch.no_grad():
-        out = model.generate(torch.tensor([prompt]), max_new_tokens=max_new_tokens, do_sample=False)
-    return out[0, len(prompt) :].tolist()
-
-
-def test_greedy_matches_hf_and_keeps_eos(engine, chat_prompts, hf_model, free_greedy, tokenizer):
+def test_greedy_matches_hf_and_keeps_eos(engine, chat_prompts, hf_model, hf_greedy, free_greedy, tokenizer):
     for prompt, out in zip(chat_prompts, free_greedy):
         assert out.token_ids == hf_greedy(hf_model, prompt, 24)
     france = free_greedy[1]  # "The capital of France is Paris.<|im_end|>"
