@@ -9,7 +9,9 @@ alternate, after a warm-up rollout of each; medians over `--trials`:
 - wall time of the rollout, and async/sync ratios;
 - decode tokens/s (tokens the engine returned / wall time), against the same engine's **saturated single-turn**
   tokens/s: all the batch's prompts at once, one turn, `ignore_eos`, `max_tokens` = the response budget (the
-  engine's throughput when every sequence decodes all the time);
+  engine's throughput when every sequence decodes all the time); with `--speculative ngram` also against a plain
+  engine's saturated rate, measured first (`decode_share_vs_best`: the share against the better of the two, so
+  speculation cannot pass by lowering the full-batch figure);
 - tokens past a stop tag: in every engine output, tokens after the first completed stop string of its request
   (target 0); the rollout's own `rollout/*` metrics (critical path, search latency p50/p99, requests in flight).
 
@@ -282,6 +284,8 @@ def main() -> None:
                     help="actor_rollout_ref.rollout.speculative.method of the engine (both modes and the saturated "
                          "figure use the same engine)")
     ap.add_argument("--num-speculative-tokens", type=int, default=SpeculativeConfig.num_speculative_tokens)
+    ap.add_argument("--spec-schedule", type=json.loads, default=None,
+                    help='speculative.num_speculative_tokens_per_batch_size as JSON, e.g. "[[1, 8, 4], [9, 64, 0]]"')
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.plot_only:
@@ -309,8 +313,22 @@ def main() -> None:
         sim_url = server.url
     machine = machine_info()
     t0 = time.perf_counter()
-    speculative = SpeculativeConfig(method=args.speculative,
-                                    num_speculative_tokens=args.num_speculative_tokens).engine_config()
+    spec = SpeculativeConfig(method=args.speculative, num_speculative_tokens=args.num_speculative_tokens,
+                             num_speculative_tokens_per_batch_size=args.spec_schedule)
+    if spec.schedule_error():
+        raise SystemExit(f"--spec-schedule {spec.schedule_error()}")
+    speculative = spec.engine_config()
+    plain_saturated: list[float] = []
+    if speculative is not None:  # the plain engine's full-batch rate too: speculation must not lower the bar
+        plain = build_rollout_engine("vllm", model, max_model_len=1024, cpu_threads=1, kv_cache_space_gb=2,
+                                     max_num_seqs=64, asynchronous=True)
+        try:
+            saturated_tokens_per_s(plain, prompts, 32)  # warm-up
+            plain_saturated = [saturated_tokens_per_s(plain, prompts, args.max_response_length)
+                               for _ in range(args.trials)]
+        finally:
+            plain.close()
+        logger.info("plain engine, saturated: %s tok/s", [round(x, 1) for x in plain_saturated])
     engine = build_rollout_engine("vllm", model, max_model_len=1024, cpu_threads=1, kv_cache_space_gb=2,
                                   max_num_seqs=64, asynchronous=True, speculative=speculative)
     build_s = time.perf_counter() - t0
@@ -346,9 +364,15 @@ def main() -> None:
                     "ratio_wall": med["async"]["wall_s"] / med["sync"]["wall_s"],
                     "saturated_tokens_per_s": sat, "saturated_trials": saturated,
                     "decode_share": {m: med[m]["tokens_per_s"] / sat for m in MODES}, "trials": trials}
+            if plain_saturated:  # the share against the better of the two engines' full-batch rates
+                best = max(sat, median(plain_saturated))
+                line.update(plain_saturated_tokens_per_s=median(plain_saturated),
+                            plain_saturated_trials=plain_saturated,
+                            decode_share_vs_best={m: med[m]["tokens_per_s"] / best for m in MODES})
             append_record(args.out, line)
-            print(json.dumps({k: line[k] for k in ("backend", "ratio_wall", "saturated_tokens_per_s",
-                                                   "decode_share")}), flush=True)
+            print(json.dumps({k: line[k] for k in ("backend", "ratio_wall", "saturated_tokens_per_s", "decode_share",
+                                                   "plain_saturated_tokens_per_s", "decode_share_vs_best")
+                              if k in line}), flush=True)
     finally:
         engine.close()
         if server is not None:
